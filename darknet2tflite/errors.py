@@ -1,0 +1,66 @@
+"""User-facing errors.
+
+Every problem a user can cause (a hand-edited cfg, a truncated download, an empty image
+folder) must surface as one line that names the file and the place in it, so the CLI can
+print it without a traceback. Programming errors stay ordinary exceptions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """An error caused by the user's input; the CLI prints ``str(err)`` and exits non-zero."""
+
+    exit_code = 2
+
+
+class DarknetError(UserError):
+    """A problem in a Darknet .cfg or .weights file, located as precisely as we can."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        section: str | None = None,
+        layer: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.section = section
+        self.layer = layer
+        self.key = key
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file + (f":{self.line}" if self.line else ""))
+        if self.section:
+            sec = f"[{self.section}]"
+            if self.layer is not None and self.layer >= 0:
+                sec += f" (layer {self.layer})"
+            where.append(sec)
+        elif self.layer is not None:
+            where.append(f"layer {self.layer}")
+        if self.key:
+            where.append(f"key '{self.key}'")
+        prefix = ", ".join(where)
+        msg = " ".join(self.message.split())  # guarantee a single line
+        return f"{prefix}: {msg}" if prefix else msg
+
+
+class CfgError(DarknetError):
+    """Malformed or unsupported .cfg content."""
+
+
+class WeightsError(DarknetError):
+    """A .weights file that does not match its cfg."""
+
+
+class InputError(UserError):
+    """Bad non-Darknet input: image folders, annotation files, options."""

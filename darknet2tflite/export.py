@@ -1,0 +1,111 @@
+"""Keras -> TFLite, and running .tflite files with outputs in the contract's head order.
+
+TFLite does not promise to keep the Keras output order, so every consumer asks
+:func:`run_tflite` for heads by the output names recorded in model.json.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from .atomic import atomic_write_bytes
+from .metadata import embed_tflite_metadata
+
+
+def convert(model: keras.Model, *, int8: bool = False,
+            representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+            input_type: Any = tf.uint8, output_type: Any = tf.int8,
+            mode: str = "float32") -> bytes:
+    """One place that configures TFLiteConverter. ``mode``: float32, float16, dynamic,
+    int8 (full integer, TFLITE_BUILTINS_INT8) or int16x8."""
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode in ("int8", "int16x8"):
+        if representative is None:
+            raise ValueError("full-integer conversion needs representative data")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        if mode == "int8":
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        else:
+            conv.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            input_type, output_type = tf.int16, tf.int16
+        conv.inference_input_type = input_type
+        conv.inference_output_type = output_type
+    elif mode != "float32":
+        raise ValueError(f"unknown conversion mode {mode!r}")
+    return conv.convert()
+
+
+def save_tflite(data: bytes, path: str | Path, meta: dict | None = None) -> Path:
+    if meta is not None:
+        data = embed_tflite_metadata(data, meta)
+    atomic_write_bytes(path, data)
+    return Path(path)
+
+
+def interpreter(path_or_bytes: str | Path | bytes, threads: int = 1) -> tf.lite.Interpreter:
+    kw = {"model_content": path_or_bytes} if isinstance(path_or_bytes, (bytes, bytearray)) \
+        else {"model_path": str(path_or_bytes)}
+    it = tf.lite.Interpreter(num_threads=threads, **kw)
+    it.allocate_tensors()
+    return it
+
+
+def output_names(it: tf.lite.Interpreter) -> dict[str, int]:
+    """Signature output name (= Keras output layer name) -> output tensor index."""
+    sigs = it._get_full_signature_list()
+    if sigs:
+        sig = next(iter(sigs.values()))
+        return dict(sig["outputs"])
+    return {d["name"]: d["index"] for d in it.get_output_details()}
+
+
+def head_tensor_names(it: tf.lite.Interpreter, keras_names: list[str]) -> list[str]:
+    """TFLite output tensor names, in the order of ``keras_names``."""
+    by_index = {d["index"]: d["name"] for d in it.get_output_details()}
+    names = output_names(it)
+    return [by_index[names[k]] for k in keras_names]
+
+
+def run_tflite(it: tf.lite.Interpreter, batch: np.ndarray, meta: dict) -> list[np.ndarray]:
+    """Run one image at a time (models are batch 1); ``batch`` is float32 NHWC in [0,1].
+    Quantized inputs/outputs are (de)quantized here; heads come back float32 in cfg order,
+    concatenated from split outputs when model.json has ``head_outputs``."""
+    inp = it.get_input_details()[0]
+    outs = {d["name"]: d for d in it.get_output_details()}
+    order = meta.get("head_outputs") or [[h.get("tflite_output", h["output"])]
+                                         for h in meta["heads"]]
+    if not all(n in outs for group in order for n in group):
+        names = output_names(it)
+        by_index = {d["index"]: d["name"] for d in it.get_output_details()}
+        order = [[by_index[names[n]] if n in names else n for n in group] for group in order]
+    results: list[list[np.ndarray]] = [[] for _ in order]
+    for img in batch:
+        x = img[None]
+        if inp["dtype"] != np.float32:
+            scale, zp = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale + zp), info.min, info.max).astype(inp["dtype"])
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        for k, group in enumerate(order):
+            parts = []
+            for name in group:
+                d = outs[name]
+                y = it.get_tensor(d["index"])
+                if d["dtype"] != np.float32:
+                    scale, zp = d["quantization"]
+                    y = (y.astype(np.float32) - zp) * scale
+                parts.append(y)
+            results[k].append(np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0])
+    return [np.concatenate(r, axis=0) for r in results]

@@ -1,0 +1,49 @@
+"""Registry of op-rewrite rules.
+
+A rule replaces the lowering of one Darknet construct (a section kind, an activation, or a
+detection head) with a form a TFLite target supports. Rules are applied by rebuilding the
+model from the cfg with the rule consulted first (see ``builder.BuildContext.rule_for``),
+so a rewrite can never leave the graph half-patched. Each rule lives in its own module in
+this package and registers itself on import.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ..builder import BuildContext
+    from ..cfg import Section
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    #: hook points: a section kind ("maxpool", "route", "convolutional"), "head", or
+    #: "activation:<name>" (e.g. "activation:mish")
+    targets: frozenset[str]
+    exact: bool          # exact rules must keep relative error <= 1e-5
+    opt_in: bool         # approximate rules that change semantics are never applied by default
+    emits: str           # TFLite ops the replacement lowers to
+    description: str
+    matches: Callable[["Section", str], bool]
+    build: Callable[["BuildContext", "Section", list], Any]
+
+
+RULES: dict[str, Rule] = {}
+
+
+def register(rule: Rule) -> Rule:
+    if rule.name in RULES:
+        raise ValueError(f"duplicate rewrite rule {rule.name}")
+    RULES[rule.name] = rule
+    return rule
+
+
+def load_rules() -> dict[str, Rule]:
+    """Import every rule module in this package (each registers itself)."""
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+    return RULES
