@@ -15,7 +15,11 @@ from typing import Callable
 
 from .errors import UserError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GLOG_minloglevel", "3")
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow")
 
 
 def _progress(quiet: bool = False) -> Callable[[str], None]:

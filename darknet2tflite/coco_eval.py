@@ -12,8 +12,9 @@ import io
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -170,7 +171,7 @@ def coco_evaluate(
         if image_id is None or len(det) == 0:
             continue
         b = det.boxes.astype(np.float64)
-        for (x1, y1, x2, y2), score, cls in zip(b, det.scores, det.classes):
+        for (x1, y1, x2, y2), score, cls in zip(b, det.scores, det.classes, strict=True):
             cat = mapping.get(int(cls))
             if cat is None:
                 continue

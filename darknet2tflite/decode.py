@@ -23,8 +23,9 @@ image only at the very end, as ``print_cocos`` in detector.c does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -220,7 +221,7 @@ def decode_heads(
     all_boxes: list[np.ndarray] = []
     all_probs: list[np.ndarray] = []
     n_classes: int | None = None
-    for i, (head, hm) in enumerate(zip(heads, head_meta)):
+    for i, (head, hm) in enumerate(zip(heads, head_meta, strict=True)):
         raw = _head_array(head, i)
         kind = hm.get("type", "yolo")
         if kind == "yolo":

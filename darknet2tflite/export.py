@@ -53,10 +53,12 @@ def save_tflite(data: bytes, path: str | Path, meta: dict | None = None) -> Path
     return Path(path)
 
 
-def interpreter(path_or_bytes: str | Path | bytes, threads: int = 1) -> tf.lite.Interpreter:
-    kw = {"model_content": path_or_bytes} if isinstance(path_or_bytes, (bytes, bytearray)) \
+def interpreter(path_or_bytes: str | Path | bytes, threads: int = 1):
+    """LiteRT's interpreter (tf.lite.Interpreter is deprecated); same API."""
+    from ai_edge_litert.interpreter import Interpreter
+    kw = {"model_content": bytes(path_or_bytes)} if isinstance(path_or_bytes, (bytes, bytearray)) \
         else {"model_path": str(path_or_bytes)}
-    it = tf.lite.Interpreter(num_threads=threads, **kw)
+    it = Interpreter(num_threads=threads, **kw)
     it.allocate_tensors()
     return it
 
@@ -70,11 +72,20 @@ def output_names(it: tf.lite.Interpreter) -> dict[str, int]:
     return {d["name"]: d["index"] for d in it.get_output_details()}
 
 
-def head_tensor_names(it: tf.lite.Interpreter, keras_names: list[str]) -> list[str]:
-    """TFLite output tensor names, in the order of ``keras_names``."""
+def head_tensor_names(it: tf.lite.Interpreter, keras_outputs: list[str],
+                      wanted: list[str]) -> list[str]:
+    """TFLite output tensor names of the Keras outputs ``wanted``.
+
+    The converter names signature outputs after the Keras layer in some versions and
+    ``output_<position>`` in others, and the interpreter's output list is not in Keras
+    order, so resolve through the signature either way."""
     by_index = {d["index"]: d["name"] for d in it.get_output_details()}
     names = output_names(it)
-    return [by_index[names[k]] for k in keras_names]
+    out = []
+    for k in wanted:
+        key = k if k in names else f"output_{keras_outputs.index(k)}"
+        out.append(by_index[names[key]])
+    return out
 
 
 def run_tflite(it: tf.lite.Interpreter, batch: np.ndarray, meta: dict) -> list[np.ndarray]:
@@ -86,9 +97,7 @@ def run_tflite(it: tf.lite.Interpreter, batch: np.ndarray, meta: dict) -> list[n
     order = meta.get("head_outputs") or [[h.get("tflite_output", h["output"])]
                                          for h in meta["heads"]]
     if not all(n in outs for group in order for n in group):
-        names = output_names(it)
-        by_index = {d["index"]: d["name"] for d in it.get_output_details()}
-        order = [[by_index[names[n]] if n in names else n for n in group] for group in order]
+        raise ValueError("model.json output names do not match this .tflite file's outputs")
     results: list[list[np.ndarray]] = [[] for _ in order]
     for img in batch:
         x = img[None]

@@ -87,7 +87,7 @@ def build_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
     progress("convert to float32 TFLite")
     data = convert(model, mode="float32")
     it = interpreter(data)
-    tnames = head_tensor_names(it, [h["output"] for h in meta["heads"]])
+    tnames = head_tensor_names(it, list(model.output_names), [h["output"] for h in meta["heads"]])
     for h, t in zip(meta["heads"], tnames):
         h["tflite_output"] = t
     tfl = save_tflite(data, out / "model.float32.tflite", meta)
