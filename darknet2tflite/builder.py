@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from .cfg import DarknetConfig, Section
+from .metadata import head_output_name
 from .layers import FLT_MAX, ChannelSplit, ConstantPad, DarknetActivation, Reorg, Scale
 from .weights import DarknetWeights
 
@@ -252,10 +253,6 @@ def _head(ctx: BuildContext, sec: Section, ins: list) -> keras.KerasTensor:
 
 SECTION_BUILDERS["yolo"] = _head
 SECTION_BUILDERS["region"] = _head
-
-
-def head_output_name(sec: Section) -> str:
-    return f"head_{sec.index:03d}_{sec.kind}"
 
 
 def build_keras(cfg: DarknetConfig, weights: DarknetWeights | None,

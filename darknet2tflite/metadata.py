@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from .cfg import DarknetConfig
-from .builder import head_output_name
 
 METADATA_NAME = "darknet2tflite"
+
+
+def head_output_name(sec) -> str:
+    """Keras output name of a detection head (the raw input of that [yolo]/[region])."""
+    return f"head_{sec.index:03d}_{sec.kind}"
 
 
 def read_names(path: str | Path | None) -> list[str] | None:

@@ -65,9 +65,6 @@ def build_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
                 names_path: str | Path | None = None, rules=(),
                 progress: Progress = _quiet) -> dict[str, Path]:
     """model.keras + model.float32.tflite + model.json."""
-    from .builder import build_keras
-    from .export import convert, head_tensor_names, interpreter, save_tflite
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress(f"parse {Path(cfg_path).name} + {Path(weights_path).name}")
@@ -78,6 +75,8 @@ def build_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
     except ValueError as e:
         raise UserError(f"{names_path}: {e}") from None
     progress(f"build Keras model ({len(cfg.layers)} layers)")
+    from .builder import build_keras  # TensorFlow only once the inputs are known to be good
+    from .export import convert, head_tensor_names, interpreter, save_tflite
     model, applied = build_keras(cfg, weights, rules)
     meta["rewrites"] = applied
     keras_path = out / "model.keras"
@@ -150,3 +149,51 @@ def parity_stage(cfg_path: str | Path, weights_path: str | Path, keras_path: str
                            for r in result[k])
         raise ParityError(f"float32 parity check failed (tolerance {tol:.0e}): {detail}")
     return {"parity": out / "parity.json"}
+
+
+def parse_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | Path,
+                names_path: str | Path | None = None,
+                progress: Progress = _quiet) -> dict[str, Path]:
+    """parsed.json: what the cfg + weights say before any model is built.
+
+    The cheap first stage of the DAG: it fails in well under a second on a malformed cfg, a
+    truncated or mismatched .weights file or a wrong names file (one-line UserErrors), before
+    any model is built, and records layers, inferred shapes and the weights header.
+    """
+    progress(f"parse {Path(cfg_path).name} + {Path(weights_path).name}")
+    cfg, weights = load_model_inputs(cfg_path, weights_path)
+    names = read_names(names_path)
+    try:
+        meta = decode_metadata(cfg, names)
+    except ValueError as e:
+        raise UserError(f"{names_path}: {e}") from None
+    layers = []
+    n_params = 0
+    for sec in cfg.layers:
+        row: dict = {"index": sec.index, "type": sec.kind, "line": sec.line,
+                     "activation": sec.params.get("activation"),
+                     "out_shape": list(sec.params.get("out_shape") or [])}
+        w = weights.layers.get(sec.index)
+        if w is not None:
+            n = sum(int(a.size) for a in (w.biases, w.weights, w.scales, w.rolling_mean,
+                                          w.rolling_variance) if a is not None)
+            row["params"] = n
+            n_params += n
+        layers.append(row)
+    summary = {
+        "cfg": Path(cfg_path).name,
+        "weights": Path(weights_path).name,
+        "input": meta["input"],
+        "header": {"major": weights.major, "minor": weights.minor,
+                   "revision": weights.revision, "seen": weights.seen},
+        "n_layers": len(cfg.layers),
+        "n_params": n_params,
+        "heads": meta["heads"],
+        "classes": sorted({h["classes"] for h in meta["heads"]}),
+        "names": len(names) if names is not None else None,
+        "layers": layers,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "parsed.json", summary)
+    return {"parsed": out / "parsed.json"}

@@ -370,6 +370,19 @@ class ArtifactStore:
         with self._locked(stage, key):
             return self._lookup_locked(stage, key)
 
+    def discard(self, stage: str, key: str) -> bool:
+        """Delete an entry so the next ``get_or_create`` recomputes it (``--from-stage``).
+
+        Taken under the entry's lock, so it never removes an entry that a concurrent publish
+        is in the middle of writing.  Returns whether an entry existed.
+        """
+        _check_stage(stage)
+        _check_key(key)
+        with self._locked(stage, key):
+            existed = os.path.lexists(self.root / stage / key)
+            self._discard(stage, key)
+            return existed
+
     # ---- publish -------------------------------------------------------------------------
 
     def _clean_stale_tmp_locked(self, stage: str, key: str) -> None:

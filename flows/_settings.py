@@ -1,0 +1,66 @@
+"""Prefect environment defaults for darknet2tflite, applied before ``prefect`` is imported.
+
+Prefect reads its settings from the environment when it is first imported, so this module must
+run first: ``flows/__init__.py`` and ``tasks/__init__.py`` import it, and ``convert_cli`` /
+``serve_cli`` import ``flows`` before anything that imports prefect.
+
+Two modes:
+
+* ``PREFECT_API_URL`` set (e.g. ``http://127.0.0.1:4200/api`` of a ``prefect server start``):
+  runs report to that server; nothing here overrides the user's configuration.
+* not set (the default for ``darknet2tflite convert``): Prefect's embedded *ephemeral* server
+  (a subprocess on a free local port with its SQLite DB under ``PREFECT_HOME``), with settings
+  that make it reliable on a slow or busy machine: a 90 s startup budget instead of 20 s (loading
+  TensorFlow alongside regularly pushes the default over), no analytics calls (the machine may
+  be offline), and a project-local ``PREFECT_HOME`` (``<repo>/.prefect``, git-ignored) so runs
+  neither read nor write ``~/.prefect``.
+
+Every value is a ``setdefault``: an explicit environment variable always wins.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_PREFECT_HOME = REPO_ROOT / ".prefect"
+EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
+
+#: Always applied (harmless with a real server too).
+COMMON_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # TensorFlow's C++ logging goes to stderr and would drown the Prefect log lines.
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+}
+
+#: Applied only when no API server is configured (embedded ephemeral mode).
+EPHEMERAL_DEFAULTS = {
+    "PREFECT_HOME": str(PROJECT_PREFECT_HOME),
+    "PREFECT_SERVER_EPHEMERAL_ENABLED": "true",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_SECONDS),
+}
+
+
+def apply(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> str:
+    """Fill in the defaults; returns "server" or "ephemeral" (the mode that will be used)."""
+    for k, v in COMMON_DEFAULTS.items():
+        environ.setdefault(k, v)
+    if environ.get("PREFECT_API_URL"):
+        return "server"
+    for k, v in EPHEMERAL_DEFAULTS.items():
+        environ.setdefault(k, v)
+    return "ephemeral"
+
+
+MODE = apply()
+
+# Note: when prefect was imported first (``prefect flow-run retry --entrypoint ...``, a worker
+# loading flows/convert.py), Prefect has already read its settings from the environment; then
+# the values above only reach subprocesses, which is why the docs export PREFECT_API_URL for those.
+
+
+def describe() -> str:
+    """One line for the CLI: where runs are recorded."""
+    if MODE == "server":
+        return f"Prefect server {os.environ['PREFECT_API_URL']}"
+    return f"embedded Prefect (ephemeral server, PREFECT_HOME={os.environ.get('PREFECT_HOME')})"
