@@ -11,7 +11,7 @@ from typing import Callable
 from .cfg import MAX_CHANNELS, MAX_SPATIAL, DarknetConfig, Section
 
 Shape = tuple[int, int, int]  # (h, w, c)
-MAX_ACTIVATION_ELEMENTS = 512 * 1024 * 1024  # one layer's output; beyond this we'd need GBs
+MAX_ACTIVATION_ELEMENTS = 128 * 1024 * 1024  # one layer output (512 MB float32): refuse before allocating
 
 ShapeRule = Callable[[Section, list[Shape]], Shape]
 SHAPE_RULES: dict[str, ShapeRule] = {}

@@ -1,0 +1,41 @@
+"""parity: float Keras + float32 TFLite vs OpenCV DNN's Darknet importer -> parity.json."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from prefect import task
+
+from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, run_stage
+
+STAGE = "parity"
+
+
+def _images(p: Mapping[str, Any]) -> str:
+    from darknet2tflite.pipeline import DEFAULT_IMAGES
+    return p.get("images") or str(DEFAULT_IMAGES)
+
+
+def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
+    b = p["build"]
+    return ({"cfg": p["cfg"], "weights": p["weights"], "keras": artifact(b, "keras"),
+             "tflite": artifact(b, "tflite_float32"), "meta": artifact(b, "meta"),
+             "images": _images(p)},
+            {"tolerance": p.get("tolerance")})
+
+
+@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
+      **TASK_OPTIONS)
+def parity(cfg: str, weights: str, build: dict, images: str | None = None,
+           tolerance: float | None = None, store: str | None = None, refresh: bool = False,
+           require_cached: bool = False):
+    from darknet2tflite.pipeline import parity_stage
+
+    p = locals()
+
+    def produce(tmp):
+        return parity_stage(cfg, weights, artifact(build, "keras"),
+                            artifact(build, "tflite_float32"), artifact(build, "meta"), tmp,
+                            images=_images(p), tolerance=tolerance, progress=log)
+
+    return run_stage(STAGE, store, *key_parts(p), produce, refresh=refresh,
+                     require_cached=require_cached)

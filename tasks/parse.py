@@ -1,0 +1,26 @@
+"""parse: cfg + weights (+ names) -> parsed.json (layers, shapes, weights header)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from prefect import task
+
+from ._common import TASK_OPTIONS, StoreCachePolicy, log, run_stage
+
+STAGE = "parse"
+
+
+def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
+    return {"cfg": p["cfg"], "weights": p["weights"], "names": p.get("names")}, {}
+
+
+@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
+      **TASK_OPTIONS)
+def parse(cfg: str, weights: str, names: str | None = None, store: str | None = None,
+          refresh: bool = False, require_cached: bool = False):
+    from darknet2tflite.pipeline import parse_stage
+
+    p = locals()
+    return run_stage(STAGE, store, *key_parts(p),
+                     lambda tmp: parse_stage(cfg, weights, tmp, names, progress=log),
+                     refresh=refresh, require_cached=require_cached)
