@@ -216,6 +216,9 @@ def build_shortcut(ctx: BuildContext, sec: Section, ins: list) -> keras.KerasTen
 
 @section_builder("upsample")
 def build_upsample(ctx: BuildContext, sec: Section, ins: list) -> keras.KerasTensor:
+    rule = ctx.rule_for("upsample", sec)
+    if rule is not None:
+        return rule.build(ctx, sec, ins)
     s = sec.params["stride"]
     y = keras.layers.UpSampling2D((s, s), interpolation="nearest",
                                   name=ctx.name(sec, "upsample"))(ins[0])
@@ -226,6 +229,9 @@ def build_upsample(ctx: BuildContext, sec: Section, ins: list) -> keras.KerasTen
 
 @section_builder("reorg")
 def build_reorg(ctx: BuildContext, sec: Section, ins: list) -> keras.KerasTensor:
+    rule = ctx.rule_for("reorg", sec)
+    if rule is not None:
+        return rule.build(ctx, sec, ins)
     return Reorg(sec.params["stride"], name=ctx.name(sec, "reorg"))(ins[0])
 
 

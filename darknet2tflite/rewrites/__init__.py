@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Rule:
     name: str
-    #: hook points: a section kind ("maxpool", "route", "convolutional"), "head", or
-    #: "activation:<name>" (e.g. "activation:mish")
+    #: hook points: a section kind ("maxpool", "route", "convolutional", "upsample",
+    #: "reorg"), "head", or "activation:<name>" (e.g. "activation:mish")
     targets: frozenset[str]
     exact: bool          # exact rules must keep relative error <= 1e-5
     opt_in: bool         # approximate rules that change semantics are never applied by default

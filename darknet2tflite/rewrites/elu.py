@@ -1,8 +1,8 @@
-"""elu as relu(x) + exp(min(x, 0)) - 1 (exact).
+"""elu as relu(x) + exp(x - relu(x)) - 1 (exact).
 
 Default lowering EXP(x) -> SUB -> GREATER_EQUAL -> SELECT: EXP of the whole input has a
 range up to e^max(x) (int8 SQNR ~16 dB), and SELECT is absent from TFLite Micro. EXP of
-min(x, 0) stays in (0, 1]."""
+x - relu(x) = min(x, 0) stays in (0, 1]."""
 from __future__ import annotations
 
 from ..cfg import Section
@@ -19,8 +19,8 @@ RULE = register(Rule(
     targets=frozenset({"activation:elu"}),
     exact=True,
     opt_in=False,
-    emits="MINIMUM, EXP, SUB, RELU, ADD",
-    description="elu(x) = relu(x) + exp(min(x,0)) - 1: bounded EXP, no SELECT",
+    emits="RELU, SUB, EXP, SUB, ADD",
+    description="elu(x) = relu(x) + exp(x-relu(x)) - 1: bounded EXP, no SELECT",
     matches=lambda sec, target: target == "activation:elu",
     build=_build,
 ))

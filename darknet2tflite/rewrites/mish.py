@@ -3,7 +3,7 @@
 Darknet's mish is x * tanh(softplus(x)). Lowered literally, the int8 model carries EXP's
 output (range up to e^max(x)) on one per-tensor scale, which zeroes every small value:
 a single mish layer measures ~2 dB SQNR. :class:`MishLogistic` computes the same function
-as -x * tanh(log(1 - sigmoid(x))): LOGISTIC/SUB/LOG/TANH/MUL, all int8 builtins with
+as -x * tanh(log(max(1 - sigmoid(x), 1e-6))): LOGISTIC/SUB/MAXIMUM/LOG/TANH/MUL, all int8 builtins with
 bounded intermediates (~38 dB on the same probe). Float deviation from Darknet's formula
 is a few ulp (exact rule, measured <= 1e-6 relative)."""
 from __future__ import annotations
@@ -26,8 +26,8 @@ RULE = register(Rule(
     targets=frozenset({"activation:mish"}),
     exact=True,
     opt_in=False,
-    emits="LOGISTIC, SUB, LOG, TANH, MUL, MUL",
-    description="mish(x) = -x*tanh(log(1-sigmoid(x))): no EXP, bounded int8 intermediates",
+    emits="LOGISTIC, SUB, MAXIMUM, LOG, TANH, MUL, MUL",
+    description="mish(x) = -x*tanh(log(max(1-sigmoid(x), 1e-6))): no EXP, bounded int8 intermediates",
     matches=_matches,
     build=_build,
 ))

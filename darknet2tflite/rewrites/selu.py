@@ -1,7 +1,7 @@
 """selu (Darknet constants 1.0507, 1.6732) via the bounded-EXP elu form (exact).
 
 Default lowering: EXP of the whole input + SELECT (int8 SQNR ~8 dB; SELECT absent from
-TFLite Micro). Replacement: 1.0507 * relu(x) + 1.0507 * 1.6732 * (exp(min(x, 0)) - 1)."""
+TFLite Micro). Replacement: 1.0507 * relu(x) + 1.0507 * 1.6732 * (exp(x - relu(x)) - 1)."""
 from __future__ import annotations
 
 from ..cfg import Section
@@ -18,8 +18,8 @@ RULE = register(Rule(
     targets=frozenset({"activation:selu"}),
     exact=True,
     opt_in=False,
-    emits="MINIMUM, EXP, SUB, RELU, MUL, MUL, ADD",
-    description="selu(x) = 1.0507*relu(x) + 1.0507*1.6732*(exp(min(x,0)) - 1)",
+    emits="RELU, SUB, EXP, SUB, MUL, MUL, ADD",
+    description="selu(x) = 1.0507*relu(x) + 1.0507*1.6732*(exp(x-relu(x)) - 1)",
     matches=lambda sec, target: target == "activation:selu",
     build=_build,
 ))

@@ -1,0 +1,259 @@
+"""Prefect flow ``convert``: one Darknet model -> calibrated int8 TFLite + report.
+
+DAG (each box a cached stage task, see tasks/)::
+
+    parse ──> build ──> parity ─────────────┐
+         └──> probe ──> rewrite ──> quantize ──> evaluate ──> report ──> deliver (--out)
+                                  └> variants (float16 / dynamic / int16x8) ─────┘
+
+Independent stages are submitted together and run concurrently on the task runner (local
+threads by default, Dask on request; see flows/runners.py): build || probe, parity || rewrite,
+int8 || the other variants.  Every stage's artifacts live in the content-addressed store, so a
+re-run with identical inputs is all "Cached", a changed or damaged input recomputes exactly the
+stages whose inputs changed, and ``from_stage`` forces one stage and all later ones to recompute
+while the earlier ones must come from the store.
+
+Entrypoint: ``flows/convert.py:convert`` (deployments use the module path flows.convert.convert).
+"""
+from __future__ import annotations
+
+import flows._settings  # noqa: F401  (Prefect env defaults before `import prefect`)
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run as runtime_flow_run
+
+from darknet2tflite.errors import UserError
+from flows.runners import make_task_runner
+from tasks._common import STAGES, artifact, read_json, result_storage, store_root
+
+VARIANTS = ("float16", "dynamic", "int16x8")
+DELIVERABLES = ("model.keras", "model.float32.tflite", "model.int8.tflite", "model.json",
+                "report.json", "report.md")
+
+
+def _run_name() -> str:
+    p = runtime_flow_run.parameters
+    return f"convert-{p.get('name') or Path(p.get('cfg', 'model')).stem}"
+
+
+def slug(text: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
+
+
+def _check_inputs(p: dict[str, Any]) -> None:
+    """Same checks as the CLI, for runs triggered from the UI / `prefect deployment run`."""
+    for k in ("cfg", "weights", "names", "eval_annotations"):
+        if p.get(k) is not None and not Path(p[k]).is_file():
+            raise UserError(f"{k} {p[k]}: no such file")
+    for k in ("calibration", "eval_images", "images"):
+        if p.get(k) is not None and not Path(p[k]).is_dir():
+            raise UserError(f"{k} {p[k]}: no such folder")
+    if p.get("from_stage") and p["from_stage"] not in STAGES:
+        raise UserError(f"from_stage {p['from_stage']}: expected one of {', '.join(STAGES)}")
+    bad = [v for v in _variants(p.get("variants")) if v not in VARIANTS]
+    if bad:
+        raise UserError(f"variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})")
+
+
+def _variants(spec: str | None) -> list[str]:
+    return [v.strip() for v in (spec or "").split(",") if v.strip()]
+
+
+@flow(name="convert", flow_run_name=_run_name, task_runner=make_task_runner(),
+      persist_result=False, validate_parameters=True)
+def convert(cfg: str, weights: str, out: str, calibration: str,
+            eval_annotations: Optional[str] = None, eval_images: Optional[str] = None,
+            names: Optional[str] = None, input_type: Literal["uint8", "int8"] = "uint8",
+            calibration_limit: int = 500, float_fallback: int = 0, variants: str = "",
+            backend: Literal["direct", "onnx2tf", "both"] = "direct",
+            images: Optional[str] = None, store: Optional[str] = None,
+            from_stage: Optional[str] = None, target: str = "int8",
+            name: Optional[str] = None) -> dict[str, Any]:
+    """Convert one Darknet model (cfg + weights) to a calibrated full-integer int8 TFLite
+    model plus float32 TFLite, Keras, decode metadata and an evaluation report.
+
+    Paths are read by the process that executes the run: give absolute paths.
+
+    Args:
+        cfg: Darknet .cfg file.
+        weights: Darknet .weights file matching the cfg.
+        out: output folder; receives model.keras, model.float32.tflite, model.int8.tflite,
+            model.json, report.json, report.md (written atomically at the end).
+        calibration: folder of calibration images (jpg/png/bmp).
+        eval_annotations: COCO-format annotations json for AP/AP50 (with eval_images).
+        eval_images: folder of evaluation images (with eval_annotations).
+        names: class names file, one per line.
+        input_type: int8 model input type (uint8: raw pixels, scale 1/255, zero point 0).
+        calibration_limit: use at most this many calibration images.
+        float_fallback: keep up to N most quantization-sensitive layers in float.
+        variants: comma list of extra variants: float16, dynamic, int16x8.
+        backend: int8 backend: direct (TFLiteConverter), onnx2tf, or both (keep the better).
+        images: images for the float parity check and probe (default: data/samples).
+        store: artifact store folder (default: .store in the repo).
+        from_stage: recompute this stage and every later one (parse, build, parity, probe,
+            rewrite, quantize, evaluate, report); earlier ones must already be in the store.
+        target: TFLite target profile the op probe checks against (default int8).
+        name: label of the run and its UI artifacts (default: the cfg file's stem).
+    """
+    params = dict(locals())
+    from tasks.build import build as build_task
+    from tasks.evaluate import evaluate as evaluate_task
+    from tasks.parity import parity as parity_task
+    from tasks.parse import parse as parse_task
+    from tasks.probe import probe as probe_task
+    from tasks.quantize import quantize as quantize_task
+    from tasks.report import deliver as deliver_task
+    from tasks.report import report as report_task
+    from tasks.rewrite import rewrite as rewrite_task
+
+    _check_inputs(params)
+    logger = get_run_logger()
+    model = name or Path(cfg).stem
+    store_s = str(store_root(store))
+    rs = result_storage(store_s)
+    first = STAGES.index(from_stage) if from_stage else None
+    if first is not None:
+        logger.info("from_stage=%s: recomputing %s; earlier stages come from the store",
+                    from_stage, ", ".join(STAGES[first:]))
+
+    def stage(task: Any, stage_name: str) -> tuple[Any, dict[str, Any]]:
+        """The task with this run's result storage / refresh, and its store keywords."""
+        i = STAGES.index(stage_name)
+        refresh = first is not None and i >= first
+        return (task.with_options(result_storage=rs, refresh_cache=True if refresh else None),
+                {"store": store_s, "refresh": refresh,
+                 "require_cached": first is not None and i < first})
+
+    futures: dict[str, Any] = {}
+    t, kw = stage(parse_task, "parse")
+    futures["parse"] = t.submit(cfg=cfg, weights=weights, names=names, **kw)
+    t, kw = stage(build_task, "build")
+    futures["build"] = t.submit(cfg=cfg, weights=weights, names=names,
+                                wait_for=[futures["parse"]], **kw)
+    t, kw = stage(probe_task, "probe")
+    futures["probe"] = t.submit(cfg=cfg, weights=weights, target=target, images=images,
+                                wait_for=[futures["parse"]], **kw)
+    t, kw = stage(parity_task, "parity")
+    futures["parity"] = t.submit(cfg=cfg, weights=weights, build=futures["build"],
+                                 images=images, **kw)
+    t, kw = stage(rewrite_task, "rewrite")
+    futures["rewrite"] = t.submit(cfg=cfg, weights=weights, probe=futures["probe"],
+                                  names=names, **kw)
+    # A model that fails float parity is not worth quantizing: join parity first (its
+    # exception, a ParityError with the numbers, fails the run here).
+    results: dict[str, dict[str, Any]] = {}
+    for s in ("parse", "build", "parity", "probe", "rewrite"):
+        results[s] = futures[s].result()
+
+    # int8 and the extra variants convert concurrently from the same rewritten model
+    t, kw = stage(quantize_task, "quantize")
+    qopts = dict(cfg=cfg, rewrite=results["rewrite"], calibration=calibration,
+                 calibration_limit=calibration_limit, eval_images=eval_images,
+                 eval_annotations=eval_annotations, **kw)
+    futures["quantize"] = t.submit(mode="int8", input_type=input_type,
+                                   float_fallback=float_fallback, backend=backend, **qopts)
+    for v in _variants(variants):
+        futures[f"quantize[{v}]"] = t.submit(mode=v, **qopts)
+    results["quantize"] = futures["quantize"].result()
+    variant_payloads = {}
+    for v in _variants(variants):
+        results[f"quantize[{v}]"] = variant_payloads[v] = futures[f"quantize[{v}]"].result()
+
+    t, kw = stage(evaluate_task, "evaluate")
+    futures["evaluate"] = t.submit(cfg=cfg, quantize=results["quantize"],
+                                   rewrite=results["rewrite"], variants=variant_payloads,
+                                   calibration=calibration, eval_images=eval_images,
+                                   eval_annotations=eval_annotations, **kw)
+    results["evaluate"] = futures["evaluate"].result()
+
+    t, kw = stage(report_task, "report")
+    futures["report"] = t.submit(model=model, parse=results["parse"], parity=results["parity"],
+                                 probe=results["probe"], rewrite=results["rewrite"],
+                                 evaluate=results["evaluate"], **kw)
+    results["report"] = futures["report"].result()
+
+    deliverables = deliver_task.submit(out=out, rewrite=results["rewrite"],
+                                       quantize=results["quantize"],
+                                       variants=variant_payloads,
+                                       report=results["report"]).result()
+
+    stages = {s: {"state": futures[s].state.name, "key": results[s]["key"],
+                  "artifacts": results[s]["artifacts"]} for s in results}
+    publish_artifacts(model, stages, out)
+    logger.info("report: %s", Path(out) / "report.md")
+    return {"model": model, "out": str(Path(out)), "deliverables": deliverables,
+            "report": str(Path(out) / "report.md"), "stages": stages,
+            "flow_run_id": str(runtime_flow_run.id)}
+
+
+# ------------------------------------------------------------------------------------------
+# Prefect UI artifacts (published by every run, cached or not, from the stage artifacts)
+
+
+def _fmt(x: Any, spec: str = ".3g") -> Any:
+    return format(x, spec) if isinstance(x, float) else x
+
+
+def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -> None:
+    key = slug(model)
+    create_table_artifact(
+        key=f"{key}-stages",
+        table=[{"stage": n, "state": s["state"], "store key": s["key"][:16]}
+               for n, s in stages.items()],
+        description=f"{model}: pipeline stages ('Cached' = taken from the artifact store)")
+
+    parity = read_json(artifact(stages["parity"], "parity"))
+    if parity:
+        if parity.get("status") == "skipped":
+            create_markdown_artifact(key=f"{key}-parity",
+                                     markdown=f"**Parity skipped:** {parity.get('reason')}",
+                                     description=f"{model}: float parity vs OpenCV DNN")
+        else:
+            rows = [{"model": kind, "head": r["head"], "shape": "x".join(map(str, r["shape"])),
+                     "max_abs": _fmt(r["max_abs"]), "max_rel": _fmt(r["max_rel"])}
+                    for kind in ("keras", "tflite_float32") for r in parity.get(kind, [])]
+            create_table_artifact(
+                key=f"{key}-parity", table=rows,
+                description=f"{model}: float parity vs {parity.get('reference')} — "
+                            f"{parity.get('status')} (worst rel {_fmt(parity.get('max_rel'))}, "
+                            f"tolerance {parity.get('tolerance')})")
+
+    probe = read_json(artifact(stages["probe"], "probe"))
+    if probe:
+        before = {r["index"]: r for r in probe["before"]["rows"]}
+        rows = [{"layer": r["index"], "section": r["section"], "activation": r["activation"],
+                 "before": before.get(r["index"], {}).get("status"), "after": r["status"],
+                 "rules": ", ".join(r["rules"]) or "-",
+                 "ops": ", ".join(dict.fromkeys(
+                     op for t in r["targets"].values() for op in t["ops"])) or "-"}
+                for r in probe["after"]["rows"]]
+        create_table_artifact(key=f"{key}-probe", table=rows,
+                              description=f"{model}: TFLite op probe for {probe['target']}")
+
+    rewrites = read_json(artifact(stages["rewrite"], "rewrites")) or []
+    md = [f"### Rewrites applied to {model}", ""]
+    md += [f"- **{r['name']}** ({'exact' if r.get('exact') else 'approximate'}) on layers "
+           f"{', '.join(map(str, r.get('applied_layers') or r.get('layers') or []))}: "
+           f"{r.get('description', '')}"
+           + (f" (float deviation max_rel {_fmt(r['max_rel'])})"
+              if r.get("max_rel") is not None else "") for r in rewrites] or ["None needed."]
+    create_markdown_artifact(key=f"{key}-rewrites", markdown="\n".join(md),
+                             description=f"{model}: op rewrites")
+
+    from tasks.evaluate import evaluation_rows
+    rows = evaluation_rows(read_json(artifact(stages["evaluate"], "report_json")))
+    if rows:
+        create_table_artifact(key=f"{key}-int8-evaluation", table=rows,
+                              description=f"{model}: int8 evaluation")
+
+    report_md = artifact(stages["report"], "report_md")
+    if report_md:
+        create_markdown_artifact(key=f"{key}-report",
+                                 markdown=Path(report_md).read_text(encoding="utf-8"),
+                                 description=f"{model}: report (copied to {out}/report.md)")

@@ -1,0 +1,94 @@
+"""evaluate: float32 vs int8 (and variants) on the held-out / evaluation images -> report.json
+(conversion facts + evaluation: head SQNR, AP/AP50 with annotations, sizes, latency) and
+side-by-side detection images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from prefect import task
+
+from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, read_json, run_stage
+
+STAGE = "evaluate"
+LATENCY_RUNS = 20
+DRAW = 4
+
+
+def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
+    q, rw = p["quantize"], p["rewrite"]
+    inputs = {"cfg": p["cfg"], "float32": artifact(rw, "tflite_float32"),
+              "int8": artifact(q, "tflite_int8"), "meta": artifact(q, "meta"),
+              "quantize": artifact(q, "quantize"), "plan": artifact(q, "plan"),
+              "fallback": artifact(q, "tflite_int8_fallback"),
+              "calibration": p.get("calibration"), "eval_images": p.get("eval_images"),
+              "eval_annotations": p.get("eval_annotations")}
+    for v, vp in sorted((p.get("variants") or {}).items()):
+        inputs[f"variant_{v}"] = artifact(vp, f"tflite_{v}")
+    return inputs, {"latency_runs": LATENCY_RUNS, "draw": DRAW}
+
+
+def evaluate_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
+    from darknet2tflite.calibration import CalibrationSet
+    from darknet2tflite.evaluate import evaluate
+    from darknet2tflite.metadata import write_json
+    from darknet2tflite.quantize import QuantizeResult, assemble_report
+
+    q, rw = p["quantize"], p["rewrite"]
+    plan = read_json(artifact(q, "plan"))
+    qd = read_json(artifact(q, "quantize"))
+    qres = QuantizeResult(**{**qd, "paths": {k: Path(v) for k, v in qd["paths"].items()}})
+    cal = plan["calibration"]
+    calib = CalibrationSet(Path("calibration.npy"), [""] * int(cal["images"]),
+                           [(s["file"], s["reason"]) for s in cal.get("skipped", [])],
+                           bool(cal.get("cached")))
+    extra = {v: artifact(vp, f"tflite_{v}") for v, vp in (p.get("variants") or {}).items()}
+    if artifact(q, "tflite_int8_fallback"):
+        extra["int8-fallback"] = artifact(q, "tflite_int8_fallback")
+    ev = evaluate(artifact(rw, "tflite_float32"), artifact(q, "tflite_int8"), artifact(q, "meta"),
+                  [Path(x) for x in plan["eval"]], p.get("eval_annotations"), out,
+                  extra_models=extra, latency_runs=LATENCY_RUNS, draw=DRAW, progress=log)
+    files = {"keras": artifact(rw, "keras"), "tflite_float32": artifact(rw, "tflite_float32"),
+             "tflite_int8": artifact(q, "tflite_int8"), "meta": artifact(q, "meta"),
+             **{f"tflite_{k}": v for k, v in extra.items()}}
+    report = assemble_report(p["cfg"], qres, calib, ev, files, plan["warnings"])
+    write_json(out / "report.json", report)
+    arts: dict[str, Path] = {"report_json": out / "report.json"}
+    for rel in ev.get("drawn", []):
+        arts[f"image:{rel}"] = out / rel
+    return arts
+
+
+def evaluation_rows(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Table rows (one per model) for the Prefect UI artifact."""
+    if not report:
+        return []
+    ev = report.get("evaluation") or {}
+    ap = ev.get("ap") or {}
+    lat = ev.get("latency_ms") or {}
+    sizes = ev.get("sizes") or {}
+    heads = ev.get("heads") or {}
+    rows = []
+    for m in sizes:
+        sq = [h["sqnr_db"] for h in heads.get(m, [])]
+        row = {"model": m, "size KB": round(sizes[m] / 1024),
+               "min head SQNR dB": round(min(sq), 2) if sq else "-",
+               "latency ms (1 thread)": lat.get(m, {}).get("1", "-"),
+               "latency ms (2 threads)": lat.get(m, {}).get("2", "-")}
+        if ap:
+            row.update({"AP": ap.get(m, {}).get("AP", "-"), "AP50": ap.get(m, {}).get("AP50", "-"),
+                        "dAP": ap.get(m, {}).get("dAP", "-")})
+        rows.append(row)
+    return rows
+
+
+@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
+      **TASK_OPTIONS)
+def evaluate(cfg: str, quantize: dict, rewrite: dict, variants: dict | None = None,
+             calibration: str | None = None, eval_images: str | None = None,
+             eval_annotations: str | None = None, store: str | None = None,
+             refresh: bool = False, require_cached: bool = False):
+    p = locals()
+    return run_stage(STAGE, store, *key_parts(p), lambda tmp: evaluate_stage(p, tmp),
+                     refresh=refresh, require_cached=require_cached)

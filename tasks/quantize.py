@@ -1,0 +1,109 @@
+"""quantize: calibrate on the image folder and convert the rewritten model to full-integer
+int8 (mode "int8": model.int8.tflite, model.json, quantize.json, plan.json, optionally
+model.int8-fallback.tflite) or to one extra variant (mode float16 / dynamic / int16x8:
+model.<mode>.tflite), so the variants convert concurrently with the int8 model."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from prefect import task
+
+from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, run_stage
+
+STAGE = "quantize"
+RANGES = "mse"
+
+
+def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
+    rw = p["rewrite"]
+    mode = p.get("mode") or "int8"
+    inputs = {"cfg": p["cfg"], "keras": artifact(rw, "keras"), "meta": artifact(rw, "meta")}
+    options: dict[str, Any] = {"mode": mode}
+    if mode in ("int8", "int16x8"):
+        # which images calibrate depends on the evaluation set too (held-out split)
+        inputs.update(calibration=p["calibration"], eval_images=p.get("eval_images"),
+                      eval_annotations=p.get("eval_annotations"))
+        options.update(calibration_limit=p.get("calibration_limit"))
+    if mode == "int8":
+        options.update(input_type=p.get("input_type") or "uint8",
+                       float_fallback=int(p.get("float_fallback") or 0),
+                       backend=p.get("backend") or "direct", ranges=RANGES)
+    return inputs, options
+
+
+def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
+                        eval_annotations: str | None, limit: int | None, npy: Path):
+    from darknet2tflite.calibration import calibrate
+    from darknet2tflite.quantize import plan_images
+
+    plan = plan_images(calibration, eval_images, eval_annotations)
+    for w in plan["warnings"]:
+        log(f"warning: {w}")
+    calib = calibrate(cfg, calibration, npy, limit, exclude=plan["exclude"], progress=log)
+    return plan, calib
+
+
+def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
+    from darknet2tflite.quantize import QuantizeOptions, quantize
+
+    backend = p.get("backend") or "direct"
+    if backend != "direct":
+        from darknet2tflite.errors import UserError
+        raise UserError(f"backend {backend!r} is not available in the Prefect flow yet; "
+                        "use backend 'direct'")
+    rw = p["rewrite"]
+    with tempfile.TemporaryDirectory(prefix="d2t-calib-") as td:
+        plan, calib = _plan_and_calibrate(p["cfg"], p["calibration"], p.get("eval_images"),
+                                          p.get("eval_annotations"), p.get("calibration_limit"),
+                                          Path(td) / "calibration.npy")
+        opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
+                               float_fallback=int(p.get("float_fallback") or 0))
+        q = quantize(artifact(rw, "keras"), calib.npy, artifact(rw, "meta"), out, opts,
+                     progress=log)
+    cal = calib.to_dict()
+    cal.pop("npy", None)
+    (out / "plan.json").write_text(json.dumps({
+        "eval": [str(x) for x in plan["eval"]], "exclude": [str(x) for x in plan["exclude"]],
+        "warnings": plan["warnings"], "calibration": cal}, indent=1) + "\n", encoding="utf-8")
+    return {**q.paths, "plan": out / "plan.json"}
+
+
+def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
+    from darknet2tflite.calibration import load_calibration, representative_dataset
+    from darknet2tflite.export import convert, save_tflite
+    from darknet2tflite.quantize import load_keras, tflite_head_outputs
+
+    mode, rw = p["mode"], p["rewrite"]
+    meta = json.loads(Path(artifact(rw, "meta")).read_text(encoding="utf-8"))
+    model = load_keras(artifact(rw, "keras"))
+    groups = [h.get("outputs") or [h["output"]] for h in meta["heads"]]
+    log(f"variant {mode}")
+    with tempfile.TemporaryDirectory(prefix="d2t-calib-") as td:
+        rep = None
+        if mode == "int16x8":
+            _, calib = _plan_and_calibrate(p["cfg"], p["calibration"], p.get("eval_images"),
+                                           p.get("eval_annotations"),
+                                           p.get("calibration_limit"),
+                                           Path(td) / "calibration.npy")
+            rep = representative_dataset(load_calibration(calib.npy))
+        data = convert(model, mode=mode, representative=rep)
+    heads = tflite_head_outputs(data, model.output_names, groups)
+    path = save_tflite(data, out / f"model.{mode}.tflite", dict(meta, head_outputs=heads))
+    return {f"tflite_{mode}": path}
+
+
+@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
+      task_run_name="quantize-{mode}", **TASK_OPTIONS)
+def quantize(cfg: str, rewrite: dict, calibration: str, mode: str = "int8",
+             calibration_limit: int | None = 500, input_type: str = "uint8",
+             float_fallback: int = 0, backend: str = "direct",
+             eval_images: str | None = None, eval_annotations: str | None = None,
+             store: str | None = None, refresh: bool = False, require_cached: bool = False):
+    p = locals()
+    produce = (lambda tmp: quantize_int8_stage(p, tmp)) if mode == "int8" else \
+        (lambda tmp: quantize_variant_stage(p, tmp))
+    return run_stage(STAGE, store, *key_parts(p), produce, refresh=refresh,
+                     require_cached=require_cached)
