@@ -52,8 +52,8 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
                         f"(choose from {', '.join(VARIANTS)})")
     if args.calibration_limit is not None and args.calibration_limit < 1:
         raise UserError(f"--calibration-limit {args.calibration_limit}: must be >= 1")
-    if (args.eval_annotations is None) != (args.eval_images is None):
-        raise UserError("--eval-annotations and --eval-images go together")
+    if args.eval_annotations is not None and args.eval_images is None:
+        raise UserError("--eval-annotations needs --eval-images (the annotated images)")
     return {
         "cfg": _file(args.cfg, "cfg"),
         "weights": _file(args.weights, "weights"),

@@ -38,9 +38,10 @@ def add_serve_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argum
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows import _settings
+    from flows import _settings  # noqa: F401  (Prefect env defaults before prefect)
+    from prefect.settings import PREFECT_API_URL
 
-    if _settings.MODE != "server":
+    if not PREFECT_API_URL.value():
         raise UserError(
             "serve needs a Prefect server to register deployments with: run `prefect server "
             "start` in another terminal, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`")

@@ -6,8 +6,10 @@ run first: ``flows/__init__.py`` and ``tasks/__init__.py`` import it, and ``conv
 
 Two modes:
 
-* ``PREFECT_API_URL`` set (e.g. ``http://127.0.0.1:4200/api`` of a ``prefect server start``):
-  runs report to that server; nothing here overrides the user's configuration.
+* ``PREFECT_API_URL`` set (e.g. ``http://127.0.0.1:4200/api`` of a ``prefect server start``),
+  in the environment or in the active profile of the user's Prefect home
+  (``prefect config set PREFECT_API_URL=...``): runs report to that server; nothing here
+  overrides the user's configuration.
 * not set (the default for ``darknet2tflite convert``): Prefect's embedded *ephemeral* server
   (a subprocess on a free local port with its SQLite DB under ``PREFECT_HOME``), with settings
   that make it reliable on a slow or busy machine: a 90 s startup budget instead of 20 s (loading
@@ -20,6 +22,7 @@ Every value is a ``setdefault``: an explicit environment variable always wins.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +44,27 @@ EPHEMERAL_DEFAULTS = {
 }
 
 
+def profile_api_url(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> str | None:
+    """PREFECT_API_URL of the active profile in the user's Prefect home (~/.prefect or
+    $PREFECT_HOME), if one is configured there."""
+    user_home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    home = Path(environ.get("PREFECT_HOME") or user_home / ".prefect").expanduser()
+    path = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    active = environ.get("PREFECT_PROFILE") or doc.get("active")
+    profile = (doc.get("profiles") or {}).get(active) or {}
+    url = profile.get("PREFECT_API_URL")
+    return str(url) if url else None
+
+
 def apply(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> str:
     """Fill in the defaults; returns "server" or "ephemeral" (the mode that will be used)."""
     for k, v in COMMON_DEFAULTS.items():
         environ.setdefault(k, v)
-    if environ.get("PREFECT_API_URL"):
+    if environ.get("PREFECT_API_URL") or profile_api_url(environ):
         return "server"
     for k, v in EPHEMERAL_DEFAULTS.items():
         environ.setdefault(k, v)
@@ -62,5 +81,5 @@ MODE = apply()
 def describe() -> str:
     """One line for the CLI: where runs are recorded."""
     if MODE == "server":
-        return f"Prefect server {os.environ['PREFECT_API_URL']}"
+        return f"Prefect server {os.environ.get('PREFECT_API_URL') or profile_api_url()}"
     return f"embedded Prefect (ephemeral server, PREFECT_HOME={os.environ.get('PREFECT_HOME')})"

@@ -1,10 +1,13 @@
 """Prefect flow ``convert``: one Darknet model -> calibrated int8 TFLite + report.
 
-DAG (each box a cached stage task, see tasks/)::
+DAG (each name a cached stage task, see tasks/)::
 
-    parse ──> build ──> parity ─────────────┐
-         └──> probe ──> rewrite ──> quantize ──> evaluate ──> report ──> deliver (--out)
-                                  └> variants (float16 / dynamic / int16x8) ─────┘
+    parse ─┬─> build ──> parity ──┐ (float parity must pass before anything is quantized)
+           │                      v
+           └─> probe ──> rewrite ─┬─> quantize int8 ─────────┬─> evaluate ─> report ─> deliver
+                                  └─> quantize float16/... ──┘  (variants: --variants)
+
+(``deliver`` copies the deliverables from the store into ``out``; it is never cached.)
 
 Independent stages are submitted together and run concurrently on the task runner (local
 threads by default, Dask on request; see flows/runners.py): build || probe, parity || rewrite,
@@ -32,8 +35,6 @@ from flows.runners import make_task_runner
 from tasks._common import STAGES, artifact, read_json, result_storage, store_root
 
 VARIANTS = ("float16", "dynamic", "int16x8")
-DELIVERABLES = ("model.keras", "model.float32.tflite", "model.int8.tflite", "model.json",
-                "report.json", "report.md")
 
 
 def _run_name() -> str:
@@ -59,6 +60,10 @@ def _check_inputs(p: dict[str, Any]) -> None:
     bad = [v for v in _variants(p.get("variants")) if v not in VARIANTS]
     if bad:
         raise UserError(f"variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})")
+    if p.get("eval_annotations") and not p.get("eval_images"):
+        raise UserError("eval_annotations need eval_images")
+    from tasks.quantize import check_backend
+    check_backend(p.get("backend"))
 
 
 def _variants(spec: str | None) -> list[str]:

@@ -103,11 +103,27 @@ class StoreCachePolicy(CachePolicy):
         assert self.key_parts is not None
         key = stage_key(self.stage, *self.key_parts(inputs))
         pkey = prefect_key(self.stage, key)
-        if ArtifactStore(store_root(inputs.get("store"))).lookup(self.stage, key) is None:
-            # Missing or corrupt (lookup deleted it): Prefect must not answer from its cache.
+        arts = ArtifactStore(store_root(inputs.get("store"))).lookup(self.stage, key)
+        # Prefect may answer from its cache only with exactly what the store holds now: not
+        # when the entry is missing or corrupt (lookup deleted it), nor with a record whose
+        # paths went stale (store moved, or mounted elsewhere on another worker host).
+        if arts is None or _record_artifacts(task_ctx, pkey) not in (
+                None, {k: str(v) for k, v in arts.items()}):
             if not _drop_record(task_ctx, pkey):
                 return None
         return pkey
+
+
+def _record_artifacts(task_ctx: TaskRunContext, pkey: str) -> Any:
+    """The artifacts dict of Prefect's persisted result for ``pkey``; None if there is no
+    record, a sentinel string if there is one we cannot read (then it must go too)."""
+    rs = task_ctx.result_store
+    if not rs.exists(pkey):
+        return None
+    try:
+        return rs.read(pkey).result.get("artifacts")
+    except Exception:  # noqa: BLE001 - an unreadable record is as good as a stale one
+        return "<unreadable>"
 
 
 def _drop_record(task_ctx: TaskRunContext, pkey: str) -> bool:

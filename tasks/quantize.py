@@ -46,14 +46,23 @@ def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
     return plan, calib
 
 
+def check_backend(backend: str | None) -> None:
+    """'direct' always; other backends once the library's QuantizeOptions takes one."""
+    from darknet2tflite.errors import UserError
+    from darknet2tflite.quantize import QuantizeOptions
+
+    if (backend or "direct") != "direct" and \
+            "backend" not in QuantizeOptions.__dataclass_fields__:
+        raise UserError(f"backend {backend!r}: darknet2tflite.quantize has no backend option "
+                        "yet, only 'direct' is available in the convert flow (the onnx2tf "
+                        "route is in darknet2tflite.onnx_backend)")
+
+
 def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     from darknet2tflite.quantize import QuantizeOptions, quantize
 
     backend = p.get("backend") or "direct"
-    if backend != "direct":
-        from darknet2tflite.errors import UserError
-        raise UserError(f"backend {backend!r} is not available in the Prefect flow yet; "
-                        "use backend 'direct'")
+    check_backend(backend)
     rw = p["rewrite"]
     with tempfile.TemporaryDirectory(prefix="d2t-calib-") as td:
         plan, calib = _plan_and_calibrate(p["cfg"], p["calibration"], p.get("eval_images"),
@@ -61,6 +70,8 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
                                           Path(td) / "calibration.npy")
         opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
                                float_fallback=int(p.get("float_fallback") or 0))
+        if backend != "direct":
+            opts.backend = backend  # type: ignore[attr-defined]
         q = quantize(artifact(rw, "keras"), calib.npy, artifact(rw, "meta"), out, opts,
                      progress=log)
     cal = calib.to_dict()

@@ -166,6 +166,22 @@ def test_lost_prefect_record_is_answered_from_the_store(first_run, base_params, 
 
 
 @pytest.mark.slow
+def test_moved_store_is_reused_and_never_hands_out_stale_paths(first_run, base_params, store):
+    moved = store.with_name("store-moved")
+    os.rename(store, moved)
+    try:
+        n = len(produced())
+        result = run_convert(dict(base_params, store=str(moved))).result()
+        assert set(states(result).values()) == {"Cached"}
+        assert len(produced()) == n
+        for s in result["stages"].values():
+            assert all(p.startswith(str(moved) + os.sep) and Path(p).is_file()
+                       for p in s["artifacts"].values())
+    finally:
+        os.rename(moved, store)
+
+
+@pytest.mark.slow
 def test_corrupt_artifact_recomputes_only_that_stage_and_changed_dependants(
         first_run, base_params, store):
     # 1. corrupt the parity report inside its store entry
@@ -304,7 +320,8 @@ def test_batch_of_three_with_one_broken_model(first_run, base_params, work, pref
                   eval_images=base_params["eval_images"],
                   eval_annotations=base_params["eval_annotations"],
                   names=base_params["names"], calibration_limit=8,
-                  store=base_params["store"], return_state=True)
+                  variants=base_params["variants"], store=base_params["store"],
+                  return_state=True)
     assert state.is_failed() and "1/3 model(s) failed: broken" in state.message
     summary = state.result(raise_on_failure=False)
     rows = {r["model"]: r for r in summary["models"]}
@@ -393,3 +410,24 @@ def test_dask_task_runner_runs_the_same_cached_dag(first_run, base_params):
     state = run_convert(base_params, task_runner=make_task_runner("dask"))
     assert state.is_completed(), state.message
     assert set(states(state.result()).values()) == {"Cached"}
+
+
+def test_prefect_settings_embedded_default_and_server_mode(tmp_path):
+    from flows import _settings
+
+    env: dict[str, str] = {"HOME": str(tmp_path)}
+    assert _settings.apply(env) == "ephemeral"
+    assert env["PREFECT_HOME"] == str(REPO / ".prefect")
+    assert int(env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) >= 60
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+    env = {"PREFECT_API_URL": "http://10.0.0.5:4200/api"}
+    assert _settings.apply(env) == "server" and "PREFECT_HOME" not in env
+
+    home = tmp_path / "userhome"  # a URL configured only in the user's active profile
+    home.mkdir()
+    (home / "profiles.toml").write_text(
+        'active = "work"\n[profiles.work]\nPREFECT_API_URL = "http://prefect:4200/api"\n')
+    env = {"PREFECT_HOME": str(home)}
+    assert _settings.apply(env) == "server" and env["PREFECT_HOME"] == str(home)
+    assert "PREFECT_SERVER_EPHEMERAL_ENABLED" not in env
