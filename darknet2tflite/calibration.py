@@ -56,6 +56,10 @@ class CalibrationSet:
     skipped: list[tuple[str, str]]
     cached: bool
 
+    def __fspath__(self) -> str:
+        """Usable wherever a path is expected (``calibrate(...)`` "returns the .npy")."""
+        return str(self.npy)
+
     def to_dict(self) -> dict:
         return {"npy": str(self.npy), "images": len(self.images),
                 "image_names": self.images,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .errors import UserError
 
+# Copies of tasks._common.STAGES and quantize.VARIANTS, so bad options fail before Prefect
+# and TensorFlow are imported (tests/test_flows.py checks they agree).
 STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
 VARIANTS = ("float16", "dynamic", "int16x8")
 

@@ -337,9 +337,12 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     conv = report.get("conversion") or {}
     if conv:
         L += ["## Conversion", "", "| item | value |", "|---|---|"]
-        for k in ("seconds", "calibration_images", "ranges", "input_type", "head_split"):
+        labels = {"seconds": "int8 conversion s (calibrate + ranges + quantize + check)",
+                  "calibration_images": "calibration images", "ranges": "activation ranges",
+                  "input_type": "input type", "head_split": "head split layout"}
+        for k, label in labels.items():
             if k in conv:
-                L.append(f"| {k} | {_fmt(conv[k])} |")
+                L.append(f"| {label} | {_fmt(conv[k])} |")
         mem = conv.get("memory") or {}
         if mem:
             L.append(f"| peak RSS (MB) | {_fmt(mem.get('peak_mb'), 0)} "

@@ -26,6 +26,8 @@ is verified on every converted model (:func:`input_quantization`).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -175,7 +177,8 @@ def calibrate_model(model: Any, images: np.ndarray) -> bytes:
     conv.representative_dataset = representative_dataset(images)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv._experimental_calibrate_only = True  # noqa: SLF001 -- QuantizationDebugger's hook
-    return bytes(conv.convert())
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras export prints the signature
+        return bytes(conv.convert())
 
 
 def _schema() -> Any:
@@ -810,6 +813,13 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
         if p is not None and not Path(p).is_file():
             raise InputError(f"{what} {p} does not exist")
     _existing(eval_images, "evaluation images")
+    if names is not None:  # a names/classes mismatch must not wait for the conversion
+        from .cfg import parse_cfg
+        from .metadata import decode_metadata, read_names
+        try:
+            decode_metadata(parse_cfg(cfg_path), read_names(names))
+        except ValueError as e:
+            raise InputError(f"{names}: {e}") from None
     # every input problem surfaces here, before any conversion work
     plan = plan_images(calibration_dir, eval_images, eval_annotations, eval_fraction)
     for w in plan["warnings"]:

@@ -156,11 +156,13 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     for s in ("parse", "build", "parity", "probe", "rewrite"):
         results[s] = futures[s].result()
 
-    # int8 and the extra variants convert concurrently from the same rewritten model
+    # Joined payloads are passed on as plain dicts; wait_for keeps the dependency edges in
+    # the UI's task graph.  int8 and the extra variants convert concurrently.
     t, kw = stage(quantize_task, "quantize")
     qopts = dict(cfg=cfg, rewrite=results["rewrite"], calibration=calibration,
                  calibration_limit=calibration_limit, eval_images=eval_images,
-                 eval_annotations=eval_annotations, **kw)
+                 eval_annotations=eval_annotations,
+                 wait_for=[futures["rewrite"], futures["parity"]], **kw)
     futures["quantize"] = t.submit(mode="int8", input_type=input_type,
                                    float_fallback=float_fallback, backend=backend, **qopts)
     for v in _variants(variants):
@@ -174,19 +176,24 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     futures["evaluate"] = t.submit(cfg=cfg, quantize=results["quantize"],
                                    rewrite=results["rewrite"], variants=variant_payloads,
                                    calibration=calibration, eval_images=eval_images,
-                                   eval_annotations=eval_annotations, **kw)
+                                   eval_annotations=eval_annotations,
+                                   wait_for=[f for k, f in futures.items()
+                                             if k.startswith("quantize")], **kw)
     results["evaluate"] = futures["evaluate"].result()
 
     t, kw = stage(report_task, "report")
     futures["report"] = t.submit(model=model, parse=results["parse"], parity=results["parity"],
                                  probe=results["probe"], rewrite=results["rewrite"],
-                                 evaluate=results["evaluate"], **kw)
+                                 evaluate=results["evaluate"],
+                                 wait_for=[futures[k] for k in ("parse", "parity", "probe",
+                                                                "rewrite", "evaluate")], **kw)
     results["report"] = futures["report"].result()
 
     deliverables = deliver_task.submit(out=out, rewrite=results["rewrite"],
                                        quantize=results["quantize"],
                                        variants=variant_payloads,
-                                       report=results["report"]).result()
+                                       report=results["report"],
+                                       wait_for=[futures["report"]]).result()
 
     stages = {s: {"state": futures[s].state.name, "key": results[s]["key"],
                   "artifacts": results[s]["artifacts"]} for s in results}

@@ -8,9 +8,11 @@ store.  They are tied together so Prefect can never hand out paths the store can
 * :class:`StoreCachePolicy` computes the Prefect cache key from the *same* store key
   (``<stage>-<stage_key(...)>``: content of the input files, options, PIPELINE_VERSION), and
   before returning it verifies the store entry (every artifact re-hashed against its
-  manifest).  If the entry is missing or corrupt, it deletes Prefect's record for that key, so
-  the task body runs instead of Prefect's cache answering.  (Where the record cannot be deleted,
-  i.e. non-local result storage, it returns no key at all: no Prefect caching for that run.)
+  manifest) and that Prefect's record, if any, names exactly that entry's files.  Otherwise
+  (entry missing or corrupt, or a record with stale paths after the store moved) it deletes
+  Prefect's record for that key, so the task body runs instead of Prefect's cache answering.
+  (Where the record cannot be deleted, i.e. non-local result storage, it returns no key at
+  all: no Prefect caching for that run.)
 * :func:`run_stage` (the task body) looks the entry up again and only on a miss runs the
   library stage function through ``store.get_or_create`` (atomic publish under a lock).  When
   the store already had the entry (published by another run, or Prefect's record was lost) it

@@ -3,7 +3,6 @@
 side-by-side detection images."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 

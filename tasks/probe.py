@@ -35,10 +35,12 @@ def probe_stage(cfg: str, weights: str, out_dir: Path, target: str = "int8",
            "before": json.loads(before.to_json()), "after": json.loads(after.to_json())}
     out = Path(out_dir)
     (out / "probe.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    def verdict(report) -> str:
+        return "all layers ok" if report.ok else f"{len(report.unsupported())} layer(s) not ok"
+
     md = [f"# TFLite op probe: {Path(cfg).name} for {target}", "",
-          f"Before rewrites: {'all layers ok' if before.ok else f'{len(before.unsupported())} layer(s) not ok'}; "
-          f"after: {'all layers ok' if after.ok else f'{len(after.unsupported())} layer(s) not ok'}.",
-          "", "## Rewrites chosen", ""]
+          f"Before rewrites: {verdict(before)}; after: {verdict(after)}.", "",
+          "## Rewrites chosen", ""]
     md += [f"- **{a.name}** ({'exact' if a.exact else 'approximate'}) on layers "
            f"{', '.join(map(str, a.layers))}: {a.description}" for a in applied] or ["- none"]
     md += ["", "## Before rewrites", "", before.to_markdown(), "",

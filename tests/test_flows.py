@@ -398,9 +398,14 @@ def test_deployments_are_registered_with_their_schedule(prefect_server, work):
 def test_serve_subcommand_is_registered_and_needs_a_server(capsys):
     from darknet2tflite.cli import main
 
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "--batch-source" in capsys.readouterr().out
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main(["serve"]) == 2
+    assert "prefect server start" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -431,3 +436,49 @@ def test_prefect_settings_embedded_default_and_server_mode(tmp_path):
     env = {"PREFECT_HOME": str(home)}
     assert _settings.apply(env) == "server" and env["PREFECT_HOME"] == str(home)
     assert "PREFECT_SERVER_EPHEMERAL_ENABLED" not in env
+
+
+def test_batch_sources_folder_pairs_and_yaml_manifest(tmp_path):
+    from flows.batch import discover_models
+
+    (tmp_path / "a.cfg").write_text("[net]\n")
+    (tmp_path / "a.weights").write_bytes(b"")
+    (tmp_path / "a.names").write_text("x\n")
+    (tmp_path / "lonely.cfg").write_text("[net]\n")
+    found = {m["name"]: m for m in discover_models(tmp_path, {"calibration": "/c"})}
+    assert found["a"]["params"] == {"calibration": "/c", "cfg": str(tmp_path / "a.cfg"),
+                                    "weights": str(tmp_path / "a.weights"),
+                                    "names": str(tmp_path / "a.names")}
+    assert "no lonely.weights" in found["lonely"]["error"]
+
+    man = tmp_path / "sub" / "models.yaml"
+    man.parent.mkdir()
+    man.write_text(
+        "defaults: {calibration: calib, calibration_limit: 50}\n"
+        "models:\n"
+        "  - {name: one, cfg: ../a.cfg, weights: ../a.weights, variants: float16}\n"
+        "  - {cfg: /abs/two.cfg, weights: /abs/two.weights, calibration: /other}\n"
+        "  - {name: one, cfg: x.cfg, weights: x.weights}\n"
+        "  - {name: bad, cfg: x.cfg, colour: red}\n")
+    found = discover_models(man, {"input_type": "uint8"})
+    assert [m["name"] for m in found] == ["one", "two", "one", "bad"]
+    assert found[0]["params"] == {
+        "input_type": "uint8", "calibration": str(man.parent / "calib"),
+        "calibration_limit": 50, "cfg": str(tmp_path / "a.cfg"),
+        "weights": str(tmp_path / "a.weights"), "variants": "float16"}
+    assert found[1]["params"]["calibration"] == "/other"
+    assert "duplicate model name" in found[2]["error"]
+    assert "unknown keys colour" in found[3]["error"] and "missing weights" in found[3]["error"]
+    with pytest.raises(ValueError, match="not valid YAML"):
+        (tmp_path / "broken.yaml").write_text("models: [\n")
+        discover_models(tmp_path / "broken.yaml", {})
+
+
+def test_cli_stage_and_variant_lists_match_the_flow():
+    from darknet2tflite import convert_cli
+    from darknet2tflite.quantize import VARIANTS
+    from flows.convert import VARIANTS as FLOW_VARIANTS
+    from tasks._common import STAGES as TASK_STAGES
+
+    assert convert_cli.STAGES == TASK_STAGES == STAGES
+    assert convert_cli.VARIANTS == FLOW_VARIANTS == VARIANTS
