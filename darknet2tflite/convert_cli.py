@@ -43,6 +43,23 @@ def _dir(p: str | None, what: str) -> str | None:
     return str(path.resolve())
 
 
+def output_dir(p: str | None, what: str) -> str | None:
+    """Absolute path of a folder this run will create or write into (``--out``, ``--store``):
+    a one-line error now, not after the conversion, if it is a file or can't be created
+    because an ancestor is a file.  Missing ancestors are fine (created when written)."""
+    if p is None:
+        return None
+    path = Path(p).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {p}: exists and is not a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{what} {p}: {parent} is not a directory")
+            break
+    return str(path.resolve())
+
+
 def parameters_from_args(args: argparse.Namespace) -> dict:
     """The flow parameters (absolute paths) for a parsed `convert` command line."""
     if args.from_stage and args.from_stage not in STAGES:
@@ -59,7 +76,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
     return {
         "cfg": _file(args.cfg, "cfg"),
         "weights": _file(args.weights, "weights"),
-        "out": str(Path(args.out).resolve()),
+        "out": output_dir(args.out, "--out"),
         "calibration": _dir(args.calibration, "--calibration"),
         "eval_annotations": _file(args.eval_annotations, "--eval-annotations"),
         "eval_images": _dir(args.eval_images, "--eval-images"),
@@ -70,7 +87,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         "variants": ",".join(variants),
         "backend": args.backend,
         "images": _dir(args.images, "--images"),
-        "store": str(Path(args.store).resolve()) if args.store else None,
+        "store": output_dir(args.store, "--store"),
         "from_stage": args.from_stage,
     }
 

@@ -4,7 +4,7 @@ Pipeline (each step a function, so the Prefect flow and the benchmarks can reuse
 
 1. :func:`build_int8_model` -- the Keras model with every default (exact) rewrite plus the
    ``head_split`` rule: each head leaves the model as several outputs (per anchor
-   ``xy | wh | obj+classes``), each with its own int8 scale. Box w/h go through exp(), so
+   ``box | obj+classes``), each with its own int8 scale. Box w/h go through exp(), so
    they need a fine step that they cannot get when they share a scale with class logits.
 2. :func:`calibrate_model` -- TFLite's own calibrator records per-tensor min/max over the
    calibration images (``_experimental_calibrate_only``, the same hook

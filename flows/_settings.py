@@ -17,7 +17,8 @@ Two modes:
   be offline), and a project-local ``PREFECT_HOME`` (``<repo>/.prefect``, git-ignored) so runs
   neither read nor write ``~/.prefect``.
 
-Every value is a ``setdefault``: an explicit environment variable always wins.
+Every value is a default: an explicit environment variable always wins (and for the bind
+addresses, a value in the active Prefect profile too).
 """
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ COMMON_DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
 }
 
+#: Always applied unless the user chose a value (environment or active profile): anything
+#: this process starts listens on the loopback interface only (the API/UI of a server started
+#: from here, the optional webserver of ``darknet2tflite serve``'s runner).  Exposing a server
+#: is a deliberate act: ``prefect server start --host 0.0.0.0`` (see docs/prefect.md).
+LOOPBACK_DEFAULTS = {
+    "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    "PREFECT_RUNNER_SERVER_HOST": "127.0.0.1",
+}
+
 #: Applied only when no API server is configured (embedded ephemeral mode).
 EPHEMERAL_DEFAULTS = {
     "PREFECT_HOME": str(PROJECT_PREFECT_HOME),
@@ -47,6 +57,12 @@ EPHEMERAL_DEFAULTS = {
 def profile_api_url(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> str | None:
     """PREFECT_API_URL of the active profile in the user's Prefect home (~/.prefect or
     $PREFECT_HOME), if one is configured there."""
+    return profile_setting("PREFECT_API_URL", environ)
+
+
+def profile_setting(name: str, environ: "os._Environ[str] | dict[str, str]" = os.environ
+                    ) -> str | None:
+    """Setting ``name`` of the active profile in the user's Prefect home, if set there."""
     user_home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
     home = Path(environ.get("PREFECT_HOME") or user_home / ".prefect").expanduser()
     path = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
@@ -56,14 +72,17 @@ def profile_api_url(environ: "os._Environ[str] | dict[str, str]" = os.environ) -
         return None
     active = environ.get("PREFECT_PROFILE") or doc.get("active")
     profile = (doc.get("profiles") or {}).get(active) or {}
-    url = profile.get("PREFECT_API_URL")
-    return str(url) if url else None
+    value = profile.get(name)
+    return str(value) if value else None
 
 
 def apply(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> str:
     """Fill in the defaults; returns "server" or "ephemeral" (the mode that will be used)."""
     for k, v in COMMON_DEFAULTS.items():
         environ.setdefault(k, v)
+    for k, v in LOOPBACK_DEFAULTS.items():
+        if not environ.get(k) and profile_setting(k, environ) is None:
+            environ[k] = v
     if environ.get("PREFECT_API_URL") or profile_api_url(environ):
         return "server"
     for k, v in EPHEMERAL_DEFAULTS.items():

@@ -95,7 +95,10 @@ def _from_manifest(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]
         name = str(merged.pop("name", None) or Path(str(merged.get("cfg", f"model{i}"))).stem)
         unknown = sorted(set(item) - set(MODEL_KEYS))
         missing = [k for k in ("cfg", "weights") if not merged.get(k)]
-        if name in seen:
+        if not _safe_name(name):
+            models.append({"name": name, "error": f"{path}: entry {i}: model name {name!r} "
+                           "must be a plain folder name (it becomes <out>/<name>)"})
+        elif name in seen:
             models.append({"name": name, "error": f"{path}: duplicate model name {name!r}"})
         elif unknown or missing:
             models.append({"name": name, "error": f"{path}: entry {name!r}: "
@@ -106,6 +109,12 @@ def _from_manifest(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]
             models.append({"name": name, "params": merged})
         seen.add(name)
     return models
+
+
+def _safe_name(name: str) -> bool:
+    """A model name becomes the folder ``out/<name>``: one plain path component only."""
+    return (bool(name) and name not in (".", "..") and not name.startswith(".")
+            and not any(c in name for c in "/\\\0") and len(name) <= 200)
 
 
 def _resolve(d: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -143,6 +152,8 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
                                "int8 model": "", "report": "", "error": ""}
         if "error" in m:
             row["error"] = m["error"]
+        elif not _safe_name(m["name"]):  # becomes out/<name>: must not escape or hide
+            row["error"] = f"model name {m['name']!r} is not a plain folder name"
         elif not m["params"].get("calibration"):
             row["error"] = "no calibration folder (batch parameter or manifest entry)"
         else:

@@ -31,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run as runtime_flow_run
 
 from darknet2tflite.errors import UserError
+from darknet2tflite.store import ArtifactStore
 from flows.runners import make_task_runner
 from tasks._common import STAGES, artifact, read_json, result_storage, store_root
 
@@ -55,6 +56,9 @@ def _check_inputs(p: dict[str, Any]) -> None:
     for k in ("calibration", "eval_images", "images"):
         if p.get(k) is not None and not Path(p[k]).is_dir():
             raise UserError(f"{k} {p[k]}: no such folder")
+    from darknet2tflite.convert_cli import output_dir
+    for k in ("out", "store"):
+        output_dir(p.get(k), k)
     if p.get("from_stage") and p["from_stage"] not in STAGES:
         raise UserError(f"from_stage {p['from_stage']}: expected one of {', '.join(STAGES)}")
     bad = [v for v in _variants(p.get("variants")) if v not in VARIANTS]
@@ -122,6 +126,10 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     model = name or Path(cfg).stem
     store_s = str(store_root(store))
     rs = result_storage(store_s)
+    # temp dirs of producers that were killed (SIGKILL, power cut) in this store; entries
+    # being produced right now by live runs are flock-ed and left alone
+    for stale in ArtifactStore(store_s).gc_tmp():
+        logger.info("store: removed stale temp dir %s", stale.name)
     first = STAGES.index(from_stage) if from_stage else None
     if first is not None:
         logger.info("from_stage=%s: recomputing %s; earlier stages come from the store",

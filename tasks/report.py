@@ -26,6 +26,17 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
     return inputs, {"model": p.get("model")}
 
 
+def safe_relpath(rel: str) -> str:
+    """``rel`` if it names a file strictly inside its output folder (image names come from
+    input file names via the evaluate stage: they must never write outside --out)."""
+    parts = rel.split("/")
+    if (not rel or rel.startswith("/") or "\\" in rel or "\0" in rel
+            or any(part in ("", ".", "..") for part in parts)):
+        raise ValueError(f"refusing output name {rel!r}: not a relative path inside the "
+                         "output folder")
+    return rel
+
+
 def _pipeline_summary(p: Mapping[str, Any]) -> dict[str, Any]:
     parsed = read_json(artifact(p["parse"], "parsed")) or {}
     parity = read_json(artifact(p["parity"], "parity")) or {}
@@ -86,7 +97,7 @@ def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     arts: dict[str, Path] = {}
     for name, path in (ev.get("artifacts") or {}).items():
         if name.startswith("image:"):
-            rel = name[len("image:"):]
+            rel = safe_relpath(name[len("image:"):])
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, out / rel)
             arts[name] = out / rel
@@ -124,7 +135,7 @@ def deliverable_files(rewrite: Mapping[str, Any], quantize: Mapping[str, Any],
         files[f"model.{v}.tflite"] = artifact(vp, f"tflite_{v}")
     for name, path in (report.get("artifacts") or {}).items():
         if name.startswith("image:"):
-            files[name[len("image:"):]] = path
+            files[safe_relpath(name[len("image:"):])] = path
     return {k: v for k, v in files.items() if v}
 
 
