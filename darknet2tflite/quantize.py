@@ -40,7 +40,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
 from .errors import InputError, UserError
 
 Progress = Callable[[str], None]
@@ -759,10 +758,12 @@ def assemble_report(cfg_path: str | Path, q: QuantizeResult, calib: Any,
     return report
 
 
-def _cross_models(cfg_path: str | Path, calibration_dir: str | Path, limit: int | None,
+def cross_models(cfg_path: str | Path, calibration_dir: str | Path, limit: int | None,
                   folds: Sequence[Mapping[str, Any]], keras_path: Path, meta_path: Path,
                   opts: QuantizeOptions, tmp: Path, say: Progress) -> list[tuple[Path, list[Path]]]:
-    """int8 models of the swapped folds (same conversion, other calibration images)."""
+    """int8 models of the swapped folds of ``plan_images(...)["cross"]`` (same conversion,
+    other calibration images), written to ``tmp``; pass the result to
+    ``evaluate.evaluate(cross=...)`` for the cross-calibrated AP."""
     from .calibration import calibrate, load_calibration
     from .export import save_tflite
     model = load_keras(keras_path)
@@ -834,7 +835,7 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
                  if k.startswith("tflite_") and k != "tflite_int8"}
         cross = []
         if cross_validate and eval_annotations is not None and plan["cross"]:
-            cross = _cross_models(cfg_path, calibration_dir, calibration_limit, plan["cross"],
+            cross = cross_models(cfg_path, calibration_dir, calibration_limit, plan["cross"],
                                   arts["keras"], arts["meta"], opts, xtmp, say)
         ev = evaluate(arts["tflite_float32"], q.paths["tflite_int8"], q.paths["meta"],
                       plan["eval"], eval_annotations, tmp, extra_models=extra,

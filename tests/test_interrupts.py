@@ -252,6 +252,29 @@ def kill_partial_writer(out: Path, log: Path) -> None:
         proc.wait(timeout=30)
 
 
+def kill_store_producer(store: Path, key: str, log: Path) -> None:
+    """A real process SIGKILLed while producing a store entry (under its lock): leaves a
+    temp dir in ``<store>/.tmp`` for a key no later run will ask for again (as after a kill
+    followed by an edit of the inputs), which only ``gc_tmp`` removes."""
+    code = textwrap.dedent(f"""
+        import time
+        from darknet2tflite.store import ArtifactStore
+        def produce(tmp):
+            (tmp / "model.keras").write_bytes(b"half")
+            print("producing", flush=True)
+            time.sleep(600)
+        ArtifactStore({str(store)!r}).publish("build", {key!r}, produce)
+    """)
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=f, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == b"producing"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def model(yolov3_tiny):
     return yolov3_tiny
@@ -349,11 +372,15 @@ def test_sigkill_at_any_point_then_rerun_completes(kill_chain: KillChain) -> Non
 @pytest.mark.slow
 def test_rerun_after_completion_is_all_cached_and_rewrites_out(kill_chain: KillChain,
                                                                model, calib) -> None:
-    """A completed --out, killed again mid-deliver (per-file replace path), then rerun:
-    still exactly the store's bytes, and nothing recomputed."""
+    """A completed --out, killed again mid-deliver (per-file replace path), plus a producer
+    killed on a key that is never asked for again, then rerun: --out is exactly the store's
+    bytes, the stale temp dirs are collected, and nothing is recomputed."""
     k = kill_chain
     (k.out / "model.int8.tflite").write_bytes(b"stale")  # a previous, different delivery
     kill_partial_writer(k.out, k.log)
+    kill_store_producer(k.store, "0" * 64, k.log)
+    assert len(tmp_names(k.store)) == 1
+    assert_no_lock_held(k.store)
     run = start(convert_args(model, calib, k.out, k.store), k.log, k.home)
     finish(run)
     assert set(run.stage_states().values()) == {"Cached"} and run.computed() == set()
