@@ -479,6 +479,10 @@ def bench_model(name: str, conf: dict[str, Any], tmp: Path, args: argparse.Names
     stages: dict[str, Any] = {}
     for s in STAGES:
         row = dict(cold["stages"].get(s, {}))
+        rr = (rerun.get("stages") or {}).get(s) if "error" not in rerun else None
+        if rr:  # recomputed by the quantize rerun, in a process where earlier stages were cached
+            row.update(rerun_s=rr["flow_s"], rerun_peak_rss_mb=rr["flow_peak_rss_mb"],
+                       rerun_start_rss_mb=rr["flow_start_rss_mb"])
         if s in isolate:
             log(f"{name}: isolated {s}")
             iso = run_child("stage", {"stage": s, "kwargs": stage_kwargs(
@@ -672,10 +676,11 @@ def table(doc: dict[str, Any]) -> str:
                  f"{fmt(r.get('quantize_rerun_s')):>8s} "
                  f"{fmt(r.get('rerun_skipped_early_stages')):>17s} {fmt(r.get('probe_s')):>7s}")
     L.append("")
-    L.append("== Stages, cold (cold_s / peak RSS MiB: isolated child; flow_s / flow RSS: "
-             "inside the cold flow run, sampled) ==")
+    L.append("== Stages, cold. cold_s / peakMiB: stage alone in a child process (kernel peak "
+             "RSS; baseMiB = after imports). flow_s / flowMiB: inside the cold flow run "
+             "(sampled process RSS; fl.start = RSS when the stage began) ==")
     L.append(f"{'model':12s} {'stage':9s} {'cold_s':>7s} {'peakMiB':>8s} {'baseMiB':>8s} "
-             f"{'flow_s':>7s} {'flowMiB':>8s}  concurrent with / method")
+             f"{'flow_s':>7s} {'flowMiB':>8s} {'fl.start':>8s}  concurrent with / method")
     for n, r in models.items():
         for s, st in (r.get("stages") or {}).items():
             note = ", ".join(st.get("concurrent_with") or []) or "-"
@@ -686,7 +691,8 @@ def table(doc: dict[str, Any]) -> str:
             L.append(f"{n:12s} {s:9s} {fmt(st.get('cold_s')):>7s} "
                      f"{fmt(st.get('peak_rss_mb'), '.0f'):>8s} "
                      f"{fmt(st.get('base_rss_mb'), '.0f'):>8s} {fmt(st.get('flow_s')):>7s} "
-                     f"{fmt(st.get('flow_peak_rss_mb'), '.0f'):>8s}  {note}")
+                     f"{fmt(st.get('flow_peak_rss_mb'), '.0f'):>8s} "
+                     f"{fmt(st.get('flow_start_rss_mb'), '.0f'):>8s}  {note}")
     L.append("")
     L.append("== int8 vs float32 TFLite (median ms per invoke, LiteRT/XNNPACK; size MiB) ==")
     L.append(f"{'model':12s} {'f32 1t':>8s} {'f32 2t':>8s} {'int8 1t':>8s} {'int8 2t':>8s} "
