@@ -327,6 +327,12 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
+def _cell(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return " / ".join(_fmt(x) for x in v)
+    return _fmt(v)
+
+
 def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """report.json (everything) and report.md (tables + detection images)."""
     from .metadata import write_json
@@ -356,6 +362,17 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         L.append("")
         if mem:
             L += [f"Memory: {mem.get('method')}.", ""]
+    bk = report.get("backends")
+    if bk:
+        L += ["## Int8 backends (direct vs onnx2tf)", "",
+              f"Shipped as model.int8.tflite: **{bk.get('winner')}** (decided by "
+              f"{bk.get('decided_by')}: {bk.get('reason')}). The other backend's model is "
+              "delivered beside it (model.int8.<backend>.tflite); SQNR on calibration images "
+              "vs the Keras model.", "",
+              "| metric | direct | onnx2tf |", "|---|---|---|"]
+        for r in bk.get("table") or []:
+            L.append(f"| {r['metric']} | {_cell(r['direct'])} | {_cell(r['onnx2tf'])} |")
+        L.append("")
     ev = report.get("evaluation") or {}
     if ev.get("ap"):
         L += ["## Accuracy (held-out images)", "",

@@ -774,6 +774,228 @@ def _rank(d: dict, o: dict) -> tuple[str, str, str]:
     return "direct", "tie", "no criterion separates the backends; direct has fewer moving parts"
 
 
+# --------------------------------------------------------------------------- flow stage
+
+def keras_head_meta(meta: dict) -> dict:
+    """model.json copy whose ``head_outputs`` name the Keras (= ONNX) outputs per head.
+
+    The rewritten model may split heads (head_split rule: head_NNN_yolo_xy, ..._wh, ...);
+    model.json's own ``head_outputs`` name the float32 .tflite's tensors, so the onnx2tf
+    route re-derives them from the Keras names; :func:`_map_outputs` then maps each to the
+    onnx2tf file's tensor and run_tflite concatenates the parts exactly as for the direct
+    backend."""
+    m = copy.deepcopy(meta)
+    m.pop("head_outputs_by_file", None)
+    m["head_outputs"] = [h.get("outputs") or [h["output"]] for h in m["heads"]]
+    return m
+
+
+def int8_fidelity(tflite: str | Path, file_meta: dict, keras_model: Any, batch: np.ndarray,
+                  latency_runs: int = 10) -> dict:
+    """The numbers compare_backends ranks, measured the same way for either backend:
+    float ops, size, per-head SQNR of the (concatenated) heads against Keras, latency."""
+    from .export import run_tflite
+    data = Path(tflite).read_bytes()
+    model = _load_keras(keras_model)
+    ref = _keras_heads(model, batch)
+    groups = [h.get("outputs") or [h["output"]] for h in file_meta["heads"]]
+    refs = [np.concatenate([ref[n] for n in g], axis=-1) for g in groups]
+    got = run_tflite(_interpreter(data), batch, file_meta)
+    fops = float_ops(data)
+    return {"status": "ok", "path": str(tflite), "size_bytes": len(data), "float_ops": fops,
+            "n_float_ops": len(fops),
+            "sqnr_db": [round(sqnr_db(r, g), 3) for r, g in zip(refs, got)],
+            "latency_ms": round(latency_ms(data, runs=latency_runs), 3) if latency_runs else None}
+
+
+def onnx2tf_stage(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Path,
+                  out_dir: str | Path, input_type: str = "uint8", *, quantizer: str = "tflite",
+                  parity_images: int = 4, eval_images: int = 8, latency_runs: int = 10,
+                  progress: Callable[[str], Any] = print) -> dict:
+    """The convert flow's onnx2tf backend: Keras model -> model.onnx (+ onnx_parity.json,
+    onnxruntime vs Keras) -> onnx2tf with our calibration array -> full-integer int8 model
+    ``out_dir/onnx2tf/model.onnx2tf.int8.tflite`` whose embedded model.json maps the heads
+    (split or not) to its own tensors.
+
+    ``quantizer="tflite"`` by default: onnx2tf lowers the graph to a SavedModel and
+    TFLiteConverter calibrates it with the direct backend's settings; onnx2tf's own int8
+    path also writes int16-activation variants and takes several times longer. Raises when
+    no verified full-integer model comes out (run it through :func:`run_backend`).
+    Returns the onnx2tf_convert result plus "int8" fidelity (:func:`int8_fidelity`),
+    "integer_check", "head_outputs" (int8 file's tensors per head), "onnx_parity" and
+    "files" {name: path}."""
+    from .calibration import load_calibration
+    from .metadata import write_json
+    from .quantize import check_integer, load_keras
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+    model = load_keras(keras_path)
+    cal = np.asarray(load_calibration(calib_npy), dtype=np.float32)
+    progress("onnx2tf backend: export ONNX")
+    onnx_path = export_onnx(model, out / "model.onnx")
+    parity = onnx_parity(onnx_path, model, cal[:parity_images])
+    write_json(out / "onnx_parity.json", {
+        "reference": "keras", "images": int(min(parity_images, len(cal))), "target_max_rel": 1e-5,
+        "max_rel": max(r["max_rel"] for r in parity), "heads": parity})
+    progress(f"onnx2tf backend: ONNX parity max_rel {max(r['max_rel'] for r in parity):.2e}; "
+             f"onnx2tf ({quantizer} quantizer) on {len(cal)} calibration images")
+    kmeta = keras_head_meta(meta)
+    res = onnx2tf_convert(onnx_path, out / "onnx2tf", cal, input_type, kmeta,
+                          quantizer=quantizer, keras_model=model, eval_batch=cal[:eval_images],
+                          latency_runs=0)
+    i8 = res.get("int8") or {}
+    if i8.get("status") != "ok":
+        raise RuntimeError(f"onnx2tf gave no int8 model: {res.get('reason') or i8.get('reason')}")
+    path = Path(i8["path"])
+    check = check_integer(path.read_bytes(), input_type)
+    fmeta = res["meta"]
+    res["int8"] = {**i8, **int8_fidelity(path, fmeta, model, cal[:eval_images], latency_runs)}
+    res.update(integer_check=check, head_outputs=fmeta["head_outputs"], onnx_parity=parity,
+               files={"onnx": onnx_path, "onnx_parity": out / "onnx_parity.json",
+                      "tflite_int8_onnx2tf": path})
+    res["conversion_seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    return res
+
+
+BACKENDS = ("direct", "onnx2tf", "both")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def _dump(path: Path, data: Any) -> Path:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=_json_default) + "\n").encode())
+    return path
+
+
+def quantize_with_backend(backend: str, keras_path: str | Path, calib_npy: str | Path,
+                          meta_path: str | Path, out_dir: str | Path, options: Any,
+                          progress: Callable[[str], Any] = print, *,
+                          quantizer: str = "tflite", eval_images: int = 8) -> dict[str, Path]:
+    """The quantize stage for ``backend`` direct | onnx2tf | both; {artifact name: path}.
+
+    Always writes model.int8.tflite, model.json (``head_outputs`` and
+    ``head_outputs_by_file`` naming each .tflite's own tensors) and quantize.json
+    (QuantizeResult layout, "backend" added). onnx2tf / both add model.onnx and
+    onnx_parity.json. "both" runs each backend through :func:`run_backend` (one failing
+    never loses the other's model), ranks them with :func:`compare_backends` on the
+    numbers :func:`int8_fidelity` measures the same way for both (first ``eval_images``
+    calibration images against Keras), ships the winner as model.int8.tflite, keeps the
+    other as model.int8.<backend>.tflite and records everything in backends.json.
+    With onnx2tf as the shipped model, quantize.json's per-layer errors (and a float
+    fallback model, if asked for) still describe the direct conversion, so they are
+    dropped from quantize.json for the onnx2tf winner (the fallback file is kept)."""
+    from .calibration import load_calibration
+    from .errors import UserError
+    from .metadata import write_json
+    from .quantize import QuantizeResult, quantize
+
+    if backend not in BACKENDS:
+        raise UserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if backend == "direct":
+        return dict(quantize(keras_path, calib_npy, meta_path, out, options,
+                             progress=progress).paths)
+    meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+    input_type = options.input_type
+    side = out / "onnx2tf-work"
+    direct: dict[str, Any] | None = None
+    if backend == "both":
+        def run_direct() -> dict:
+            t0 = time.perf_counter()
+            q = quantize(keras_path, calib_npy, meta_path, out, options, progress=progress)
+            fm = json.loads(Path(q.paths["meta"]).read_text(encoding="utf-8"))
+            cal = load_calibration(calib_npy)[:eval_images]
+            i8 = int8_fidelity(q.paths["tflite_int8"], fm, keras_path, np.asarray(cal))
+            return {"int8": i8, "q": q, "conversion_seconds": {
+                "total": round(time.perf_counter() - t0, 3)}}
+        progress("backend both: direct")
+        direct = run_backend("direct", run_direct)
+    progress(f"backend {backend}: onnx2tf")
+    o2t = run_backend("onnx2tf", onnx2tf_stage, keras_path, calib_npy, meta_path, side,
+                      input_type, quantizer=quantizer, eval_images=eval_images,
+                      progress=progress)
+    if backend == "onnx2tf" and o2t.get("status") != "ok":
+        raise UserError(f"onnx2tf backend failed: {o2t.get('reason')}")
+    paths: dict[str, Path] = {}
+    if o2t.get("status") == "ok":
+        for k in ("onnx", "onnx_parity"):
+            dst = out / Path(o2t["files"][k]).name
+            shutil.move(str(o2t["files"][k]), dst)
+            paths[k] = dst
+    winner = "onnx2tf"
+    if backend == "both":
+        assert direct is not None
+        cmp = compare_backends(direct, o2t)
+        winner = cmp["winner"]
+        record = {"backends": ["direct", "onnx2tf"], "winner": winner,
+                  "decided_by": cmp["decided_by"], "reason": cmp["reason"],
+                  "rule": (compare_backends.__doc__ or "").split("criterion wins:")[-1]
+                  .split("Returns")[0].strip(),
+                  "table": cmp["table"], "summary": cmp["backends"],
+                  "quantizer": quantizer, "eval_images": eval_images,
+                  "direct": {k: v for k, v in direct.items() if k != "q"},
+                  "onnx2tf": {k: v for k, v in o2t.items() if k not in ("meta", "files")}}
+        paths["backends"] = _dump(out / "backends.json", record)
+        progress(f"backend both: winner {winner} ({cmp['reason']})")
+        if winner is None:
+            raise UserError(f"no int8 model: {cmp['reason']}")
+    if winner == "direct":
+        assert direct is not None
+        q = direct["q"]
+        paths.update(q.paths)
+        if o2t.get("status") == "ok":  # keep the loser beside the winner
+            dst = out / "model.int8.onnx2tf.tflite"
+            shutil.move(str(o2t["files"]["tflite_int8_onnx2tf"]), dst)
+            m = json.loads(Path(q.paths["meta"]).read_text(encoding="utf-8"))
+            m.setdefault("head_outputs_by_file", {})[dst.name] = o2t["head_outputs"]
+            write_json(q.paths["meta"], m)
+            paths["tflite_int8_onnx2tf"] = dst
+        shutil.rmtree(side, ignore_errors=True)
+        return paths
+    # onnx2tf ships: model.int8.tflite, model.json, quantize.json from its result
+    by_file = dict(meta.get("head_outputs_by_file") or {})
+    q_old = direct["q"] if direct and direct.get("status") == "ok" else None
+    if q_old is not None:
+        dst = out / "model.int8.direct.tflite"
+        os.replace(q_old.paths["tflite_int8"], dst)
+        old_meta = json.loads(Path(q_old.paths["meta"]).read_text(encoding="utf-8"))
+        by_file = dict(old_meta.get("head_outputs_by_file") or by_file)
+        by_file[dst.name] = by_file.pop("model.int8.tflite", old_meta.get("head_outputs"))
+        paths["tflite_int8_direct"] = dst
+        if q_old.paths.get("tflite_int8_fallback"):
+            paths["tflite_int8_fallback"] = q_old.paths["tflite_int8_fallback"]
+    else:  # direct failed or not run: drop whatever it left
+        for name in ("model.int8.tflite", "model.json", "quantize.json"):
+            (out / name).unlink(missing_ok=True)
+    int8 = out / "model.int8.tflite"
+    shutil.move(str(o2t["files"]["tflite_int8_onnx2tf"]), int8)
+    by_file[int8.name] = o2t["head_outputs"]
+    meta.update(head_outputs=o2t["head_outputs"], head_outputs_by_file=by_file,
+                backend="onnx2tf", quantization={
+                    "input_type": input_type, "ranges": "minmax", "backend": "onnx2tf",
+                    "quantizer": quantizer,
+                    "calibration_images": int(len(load_calibration(calib_npy)))})
+    write_json(out / "model.json", meta)
+    secs = o2t.get("conversion_seconds") or {}
+    qres = QuantizeResult({"tflite_int8": int8, "meta": out / "model.json"},
+                          round(float(secs.get("total") or 0.0), 2), {},
+                          o2t["integer_check"])
+    qd = qres.to_dict()
+    qd["paths"].update({k: str(v) for k, v in paths.items()})
+    write_json(out / "quantize.json", qd)
+    paths.update(tflite_int8=int8, meta=out / "model.json", quantize=out / "quantize.json")
+    shutil.rmtree(side, ignore_errors=True)
+    return paths
+
+
 __all__ = ["ONNX_MIN_OPSET", "compare_backends", "export_onnx", "float_ops", "latency_ms",
-           "onnx2tf_convert", "onnx_heads", "onnx_io", "onnx_parity", "run_backend",
+           "int8_fidelity", "keras_head_meta", "onnx2tf_convert", "onnx2tf_stage", "onnx_heads", "quantize_with_backend", "onnx_io", "onnx_parity", "run_backend",
            "sqnr_db"]

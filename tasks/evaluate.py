@@ -21,6 +21,9 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
               "int8": artifact(q, "tflite_int8"), "meta": artifact(q, "meta"),
               "quantize": artifact(q, "quantize"), "plan": artifact(q, "plan"),
               "fallback": artifact(q, "tflite_int8_fallback"),
+              "backends": artifact(q, "backends"),
+              "int8_direct": artifact(q, "tflite_int8_direct"),
+              "int8_onnx2tf": artifact(q, "tflite_int8_onnx2tf"),
               "calibration": p.get("calibration"), "eval_images": p.get("eval_images"),
               "eval_annotations": p.get("eval_annotations")}
     for v, vp in sorted((p.get("variants") or {}).items()):
@@ -45,6 +48,9 @@ def evaluate_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     extra = {v: artifact(vp, f"tflite_{v}") for v, vp in (p.get("variants") or {}).items()}
     if artifact(q, "tflite_int8_fallback"):
         extra["int8-fallback"] = artifact(q, "tflite_int8_fallback")
+    for other in ("direct", "onnx2tf"):  # --backend both: the model that did not ship
+        if artifact(q, f"tflite_int8_{other}"):
+            extra[f"int8-{other}"] = artifact(q, f"tflite_int8_{other}")
     ev = evaluate(artifact(rw, "tflite_float32"), artifact(q, "tflite_int8"), artifact(q, "meta"),
                   [Path(x) for x in plan["eval"]], p.get("eval_annotations"), out,
                   extra_models=extra, latency_runs=LATENCY_RUNS, draw=DRAW, progress=log)
@@ -52,6 +58,10 @@ def evaluate_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
              "tflite_int8": artifact(q, "tflite_int8"), "meta": artifact(q, "meta"),
              **{f"tflite_{k}": v for k, v in extra.items()}}
     report = assemble_report(p["cfg"], qres, calib, ev, files, plan["warnings"])
+    backends = read_json(artifact(q, "backends"))
+    if backends:
+        report["backends"] = {k: backends.get(k) for k in
+                              ("winner", "decided_by", "reason", "rule", "table", "quantizer")}
     write_json(out / "report.json", report)
     arts: dict[str, Path] = {"report_json": out / "report.json"}
     for rel in ev.get("drawn", []):

@@ -47,19 +47,18 @@ def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
 
 
 def check_backend(backend: str | None) -> None:
-    """'direct' always; other backends once the library's QuantizeOptions takes one."""
+    """direct, onnx2tf or both (darknet2tflite.onnx_backend.BACKENDS); anything else is a
+    user error before any stage runs."""
     from darknet2tflite.errors import UserError
-    from darknet2tflite.quantize import QuantizeOptions
+    from darknet2tflite.onnx_backend import BACKENDS
 
-    if (backend or "direct") != "direct" and \
-            "backend" not in QuantizeOptions.__dataclass_fields__:
-        raise UserError(f"backend {backend!r}: darknet2tflite.quantize has no backend option "
-                        "yet, only 'direct' is available in the convert flow (the onnx2tf "
-                        "route is in darknet2tflite.onnx_backend)")
+    if (backend or "direct") not in BACKENDS:
+        raise UserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
 
 
 def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.quantize import QuantizeOptions, quantize
+    from darknet2tflite.onnx_backend import quantize_with_backend
+    from darknet2tflite.quantize import QuantizeOptions
 
     backend = p.get("backend") or "direct"
     check_backend(backend)
@@ -70,16 +69,14 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
                                           Path(td) / "calibration.npy")
         opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
                                float_fallback=int(p.get("float_fallback") or 0))
-        if backend != "direct":
-            opts.backend = backend  # type: ignore[attr-defined]
-        q = quantize(artifact(rw, "keras"), calib.npy, artifact(rw, "meta"), out, opts,
-                     progress=log)
+        paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
+                                      artifact(rw, "meta"), out, opts, progress=log)
     cal = calib.to_dict()
     cal.pop("npy", None)
     (out / "plan.json").write_text(json.dumps({
         "eval": [str(x) for x in plan["eval"]], "exclude": [str(x) for x in plan["exclude"]],
         "warnings": plan["warnings"], "calibration": cal}, indent=1) + "\n", encoding="utf-8")
-    return {**q.paths, "plan": out / "plan.json"}
+    return {**paths, "plan": out / "plan.json"}
 
 
 def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:

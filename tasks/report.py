@@ -130,7 +130,13 @@ def deliverable_files(rewrite: Mapping[str, Any], quantize: Mapping[str, Any],
              "quantize.json": artifact(quantize, "quantize"),
              "model.int8-fallback.tflite": artifact(quantize, "tflite_int8_fallback"),
              "report.json": artifact(report, "report_json"),
-             "report.md": artifact(report, "report_md")}
+             "report.md": artifact(report, "report_md"),
+             # --backend onnx2tf / both
+             "model.onnx": artifact(quantize, "onnx"),
+             "onnx_parity.json": artifact(quantize, "onnx_parity"),
+             "backends.json": artifact(quantize, "backends"),
+             "model.int8.direct.tflite": artifact(quantize, "tflite_int8_direct"),
+             "model.int8.onnx2tf.tflite": artifact(quantize, "tflite_int8_onnx2tf")}
     for v, vp in variants.items():
         files[f"model.{v}.tflite"] = artifact(vp, f"tflite_{v}")
     for name, path in (report.get("artifacts") or {}).items():
