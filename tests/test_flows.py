@@ -409,12 +409,19 @@ def test_serve_subcommand_is_registered_and_needs_a_server(capsys):
 
 
 @pytest.mark.slow
-def test_dask_task_runner_runs_the_same_cached_dag(first_run, base_params):
+def test_dask_task_runner_runs_the_same_cached_dag(first_run, base_params, store):
+    """Same DAG on Dask worker processes: nothing is recomputed. The proof is the store
+    (no entry rewritten); the state names are checked too, but a task whose Prefect cache
+    record was not visible to the worker may report its store hit as plain Completed."""
     from flows.runners import make_task_runner
 
+    before = store_files(store)
     state = run_convert(base_params, task_runner=make_task_runner("dask"))
     assert state.is_completed(), state.message
-    assert set(states(state.result()).values()) == {"Cached"}
+    assert store_files(store) == before
+    names = states(state.result())
+    assert set(names.values()) <= {"Cached", "Completed"}, names
+    assert list(names.values()).count("Cached") >= len(names) - 1, names
 
 
 def test_prefect_settings_embedded_default_and_server_mode(tmp_path):
