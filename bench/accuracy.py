@@ -104,7 +104,8 @@ def bench_layouts(name: str, images: Path, annotations: Path, names_path: Path,
     from darknet2tflite.evaluate import _ap, detect, load_eval_images
     from darknet2tflite.export import convert, interpreter, run_tflite
     from darknet2tflite.metadata import decode_metadata, read_names
-    from darknet2tflite.quantize import (QuantizeOptions, head_groups, int8_from_keras,
+    from darknet2tflite.export import head_groups
+    from darknet2tflite.quantize import (QuantizeOptions, int8_from_keras,
                                          int8_rules, plan_images, tflite_head_outputs)
     from darknet2tflite.rewrites import load_rules
     from darknet2tflite.rewrites.head_split import LAYOUTS

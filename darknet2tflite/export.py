@@ -72,6 +72,20 @@ def output_names(it: tf.lite.Interpreter) -> dict[str, int]:
     return {d["name"]: d["index"] for d in it.get_output_details()}
 
 
+def head_groups(model: keras.Model, meta: dict) -> list[list[str]]:
+    """Keras output names per head in concatenation order: a head's outputs are named
+    ``head_NNN_kind`` (unsplit) or ``head_NNN_kind_<part>`` (split), emitted in order."""
+    names = list(model.output_names)
+    groups = []
+    for h in meta["heads"]:
+        base = h["output"]
+        g = [n for n in names if n == base or n.startswith(base + "_")]
+        if not g:
+            raise ValueError(f"model has no output for head {base}")
+        groups.append(g)
+    return groups
+
+
 def head_tensor_names(it: tf.lite.Interpreter, keras_outputs: list[str],
                       wanted: list[str]) -> list[str]:
     """TFLite output tensor names of the Keras outputs ``wanted``.

@@ -91,20 +91,6 @@ def int8_rules(layout: str | None = None) -> list[Any]:
     return rules + [split]
 
 
-def head_groups(model: Any, meta: Mapping[str, Any]) -> list[list[str]]:
-    """Keras output names per head in concatenation order: a head's outputs are named
-    ``head_NNN_kind`` (unsplit) or ``head_NNN_kind_<part>`` (split), emitted in order."""
-    names = list(model.output_names)
-    groups = []
-    for h in meta["heads"]:
-        base = h["output"]
-        g = [n for n in names if n == base or n.startswith(base + "_")]
-        if not g:
-            raise ValueError(f"model has no output for head {base}")
-        groups.append(g)
-    return groups
-
-
 def tflite_head_outputs(data: bytes | str | Path, keras_outputs: Sequence[str],
                         groups: Sequence[Sequence[str]]) -> list[list[str]]:
     """The .tflite output tensor names of each head's outputs (interpreter order is not
@@ -118,37 +104,12 @@ def build_int8_model(cfg_path: str | Path, weights_path: str | Path, out_dir: st
                      names_path: str | Path | None = None, rules: Sequence[Any] | None = None,
                      progress: Progress = print) -> dict[str, Path]:
     """model.keras, model.float32.tflite and model.json of the head-split model."""
-    from .builder import build_keras
-    from .export import convert, save_tflite
-    from .metadata import decode_metadata, read_names, write_json
-    from .pipeline import load_model_inputs
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg, weights = load_model_inputs(cfg_path, weights_path)
+    from .pipeline import build_stage
     try:
-        meta = decode_metadata(cfg, read_names(names_path))
-    except ValueError as e:
-        raise InputError(f"{names_path}: {e}") from None
-    progress(f"build Keras model ({len(cfg.layers)} layers, head split for int8)")
-    model, applied = build_keras(cfg, weights, int8_rules() if rules is None else rules)
-    meta["rewrites"] = applied
-    groups = head_groups(model, meta)
-    for h, g, sec in zip(meta["heads"], groups, cfg.heads()):
-        h["outputs"] = g
-        h["input_layer"] = sec.params["inputs"][0]
-    keras_path = out / "model.keras"
-    tmp = out / ".model.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, keras_path)
-    progress("convert to float32 TFLite")
-    data = convert(model, mode="float32")
-    fmeta = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
-    tfl = save_tflite(data, out / "model.float32.tflite", fmeta)
-    meta["head_outputs"] = fmeta["head_outputs"]
-    meta["head_outputs_by_file"] = {"model.float32.tflite": fmeta["head_outputs"]}
-    write_json(out / "model.json", meta)
-    return {"keras": keras_path, "tflite_float32": tfl, "meta": out / "model.json"}
+        return build_stage(cfg_path, weights_path, out_dir, names_path,
+                           int8_rules() if rules is None else rules, progress=progress)
+    except UserError as e:
+        raise InputError(str(e)) from None
 
 
 def load_keras(path: str | Path) -> Any:
