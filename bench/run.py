@@ -23,9 +23,10 @@ For each model, every measurement runs in its own child process (this script re-
    fresh store, fed the artifacts of the runs above: ``stages[S].cold_s`` is the stage call's
    wall time and ``stages[S].peak_rss_mb`` the child's peak RSS from the kernel
    (``os.wait4`` rusage ``ru_maxrss``; includes the interpreter, Prefect and TensorFlow
-   imports, reported separately as ``base_rss_mb``).  Stages not isolated (yolov4 by default,
-   where it would double a ~10 min conversion) report the in-flow figures instead and say so
-   (``method``).
+   imports, reported separately as ``base_rss_mb``).  quantize is not isolated by default:
+   its figures come from the quantize rerun, where it is the first stage computed in a fresh
+   process.  Other stages not isolated (yolov4 but its probe, by default: isolation would
+   repeat a ~10 min conversion) report the in-flow figures instead; ``method`` says which.
 5. **latency**: ``model.float32.tflite`` and ``model.int8.tflite`` in LiteRT with XNNPACK at 1
    and 2 threads: median of ``--latency-runs`` invokes after 3 warm-up runs (fewer runs when
    one invoke is slow, see ``--latency-budget``), and file sizes (MiB).
@@ -644,7 +645,7 @@ def bench_orchestration(results: dict[str, Any], tmp: Path, reps: int) -> dict[s
                 o.update(ephemeral_median_s=round(e, 2), server_median_s=round(s, 2),
                          ephemeral_minus_server_s=round(e - s, 2))
             r["orchestration"] = o
-        summary["models"] = {n: r.get("orchestration") for n, _ in todo}
+        summary["models"] = {n: res.get("orchestration") for n, res in todo}
     finally:
         log("orchestration: stopping prefect server")
         stop_server(proc)
