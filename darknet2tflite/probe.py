@@ -960,6 +960,24 @@ def deviation(cfg: DarknetConfig, weights: DarknetWeights, rules: Sequence[Any],
     return diff, (diff / ref if ref else 0.0), reference
 
 
+def rule_deviations(cfg: DarknetConfig, weights: DarknetWeights, rules: Sequence[Any],
+                    images: Any, limit: int = 8
+                    ) -> tuple[list[tuple[float, float]], dict[str, Any]]:
+    """Float deviation of each rule alone and of all together against the plain build on
+    real images: ``([(max_abs, max_rel) per rule], {"max_abs", "max_rel", "images"})``."""
+    batch = load_images(images, cfg, limit=limit)
+    reference = None
+    per_rule = []
+    for r in rules:
+        mabs, mrel, reference = deviation(cfg, weights, [r], batch, reference)
+        per_rule.append((mabs, mrel))
+    if len(rules) > 1:
+        mabs, mrel, _ = deviation(cfg, weights, rules, batch, reference)
+    else:
+        mabs, mrel = per_rule[0]
+    return per_rule, {"max_abs": mabs, "max_rel": mrel, "images": int(len(batch))}
+
+
 def _as_list(x: Any) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
@@ -1024,16 +1042,9 @@ def probe_with_rewrites(cfg: DarknetConfig | str | Path, weights: Any = None,
     applied = [AppliedRewrite(r.name, r.exact, r.opt_in, r.emits, r.description,
                               layers.get(r.name, []), fixes.get(r.name, [])) for r in chosen]
     if images is not None and chosen:
-        batch = load_images(images, cfg)
         full = w if w is not None else _as_weights(random_weights(cfg, seed), cfg)
-        reference = None
-        for a, r in zip(applied, chosen):
-            a.max_abs, a.max_rel, reference = deviation(cfg, full, [r], batch, reference)
-        if len(chosen) > 1:
-            mabs, mrel, _ = deviation(cfg, full, chosen, batch, reference)
-        else:
-            mabs, mrel = applied[0].max_abs, applied[0].max_rel
-        after.extra["deviation_all_rules"] = {"max_abs": mabs, "max_rel": mrel,
-                                              "images": int(len(batch))}
+        per_rule, after.extra["deviation_all_rules"] = rule_deviations(cfg, full, chosen, images)
+        for a, (mabs, mrel) in zip(applied, per_rule):
+            a.max_abs, a.max_rel = mabs, mrel
     after.extra["rewrites"] = [a.to_dict() for a in applied]
     return before, after, applied

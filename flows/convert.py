@@ -156,7 +156,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     futures["parity"] = t.submit(cfg=cfg, weights=weights, build=futures["build"],
                                  images=images, **kw)
     t, kw = stage(rewrite_task, "rewrite")
-    futures["rewrite"] = t.submit(cfg=cfg, weights=weights, probe=futures["probe"],
+    futures["rewrite"] = t.submit(cfg=cfg, weights=weights, probe=futures["probe"], images=images,
                                   names=names, **kw)
     # A model that fails float parity is not worth quantizing: join parity first (its
     # exception, a ParityError with the numbers, fails the run here).
