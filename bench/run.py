@@ -104,18 +104,8 @@ def log(msg: str) -> None:
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from darknet2tflite.atomic import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
 
 
 def source_digest() -> str:

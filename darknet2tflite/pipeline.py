@@ -141,6 +141,18 @@ def load_model_inputs(cfg_path: str | Path, weights_path: str | Path):
     return cfg, read_weights(weights_path, cfg)
 
 
+def _parse_inputs(cfg_path: str | Path, weights_path: str | Path,
+                  names_path: str | Path | None, progress: Progress):
+    """cfg, weights and decode metadata; every input problem is a one-line UserError."""
+    progress(f"parse {Path(cfg_path).name} + {Path(weights_path).name}")
+    cfg, weights = load_model_inputs(cfg_path, weights_path)
+    try:
+        meta = decode_metadata(cfg, read_names(names_path))
+    except ValueError as e:
+        raise UserError(f"{names_path}: {e}") from None
+    return cfg, weights, meta
+
+
 def build_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | Path,
                 names_path: str | Path | None = None, rules=(),
                 progress: Progress = _quiet) -> dict[str, Path]:
@@ -150,13 +162,7 @@ def build_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
     model.json carries ``head_outputs``, per head the .tflite tensor names to concatenate."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    progress(f"parse {Path(cfg_path).name} + {Path(weights_path).name}")
-    cfg, weights = load_model_inputs(cfg_path, weights_path)
-    names = read_names(names_path)
-    try:
-        meta = decode_metadata(cfg, names)
-    except ValueError as e:
-        raise UserError(f"{names_path}: {e}") from None
+    cfg, weights, meta = _parse_inputs(cfg_path, weights_path, names_path, progress)
     progress(f"build Keras model ({len(cfg.layers)} layers"
              + (f", rewrites: {', '.join(r.name for r in rules)})" if rules else ")"))
     from .builder import build_keras  # TensorFlow only once the inputs are known to be good
@@ -252,13 +258,7 @@ def parse_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
     truncated or mismatched .weights file or a wrong names file (one-line UserErrors), before
     any model is built, and records layers, inferred shapes and the weights header.
     """
-    progress(f"parse {Path(cfg_path).name} + {Path(weights_path).name}")
-    cfg, weights = load_model_inputs(cfg_path, weights_path)
-    names = read_names(names_path)
-    try:
-        meta = decode_metadata(cfg, names)
-    except ValueError as e:
-        raise UserError(f"{names_path}: {e}") from None
+    cfg, weights, meta = _parse_inputs(cfg_path, weights_path, names_path, progress)
     layers = []
     n_params = 0
     for sec in cfg.layers:
@@ -282,7 +282,7 @@ def parse_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
         "n_params": n_params,
         "heads": meta["heads"],
         "classes": sorted({h["classes"] for h in meta["heads"]}),
-        "names": len(names) if names is not None else None,
+        "names": len(meta["names"]) if meta["names"] is not None else None,
         "layers": layers,
     }
     out = Path(out_dir)
