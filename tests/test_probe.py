@@ -24,6 +24,8 @@ from darknet2tflite.probe import (
 from darknet2tflite.rewrites import Rule, load_rules
 from darknet2tflite.weights import random_weights
 
+from test_rewrites import cfg_text
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CFG = REPO / "cfg"
@@ -346,40 +348,9 @@ def _run_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-MISH_CFG = """[net]
-width=32
-height=32
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=mish
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=18
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=10,14, 23,27, 37,58
-classes=1
-num=3
-"""
+# a 3x3 mish conv between the leaky stem and the yolo head of test_rewrites' cfg template
+MISH_CFG = cfg_text("\n[convolutional]\nbatch_normalize=1\nfilters=32\nsize=3\nstride=1\n"
+                    "pad=1\nactivation=mish\n")
 
 
 def _mish_cfg(tmp_path: Path) -> Path:
