@@ -235,7 +235,8 @@ def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
     """One `convert` flow run in this process (as convert_cli.run_convert does)."""
     sys.path.insert(0, str(REPO))
     t_imp = time.perf_counter()
-    from flows import _settings
+    from flows import _embedded, _settings
+    _embedded.start_early()
     from flows.convert import convert
     import tasks._common as common
     import importlib
@@ -261,7 +262,9 @@ def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
                            "import_s": round(import_s, 2)}
     with RSSSampler() as rss:
         t0 = time.perf_counter()
-        state = convert(**spec["params"], return_state=True)
+        _embedded.wait_ready()
+        with _embedded.flow_settings():
+            state = convert(**spec["params"], return_state=True)
         out["flow_s"] = round(time.perf_counter() - t0, 2)
     if not state.is_completed():
         try:

@@ -116,12 +116,16 @@ def run_convert(args: argparse.Namespace) -> int:
     if getattr(args, "quiet", False):
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows import _settings  # Prefect environment defaults, before prefect is imported
+    from flows import _embedded
+    _embedded.start_early()  # the server starts while this process imports the flow
 
     from flows.convert import convert
+    _embedded.wait_ready()
     _quiet_user_error_tracebacks()
     if not getattr(args, "quiet", False):
         print(f"darknet2tflite: running flow 'convert' on {_settings.describe()}", flush=True)
-    state = convert(**params, return_state=True)
+    with _embedded.flow_settings():
+        state = convert(**params, return_state=True)
     if not state.is_completed():
         # re-raise the flow's exception: a UserError becomes one line + exit 2 in cli.main
         state.result(raise_on_failure=True)

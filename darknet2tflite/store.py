@@ -15,8 +15,11 @@ Crash and concurrency guarantees:
   ``root/.locks/<stage>-<key>.lock``; the kernel drops it when the holder dies, so a killed
   process never wedges the store.  A second process waiting on the lock re-checks and returns the
   first one's result instead of recomputing.
-* ``lookup`` re-hashes every file against the manifest, so bit rot or a hand-edited artifact is
-  detected, removed (under the lock) and reported as a miss, never returned as a hit.
+* ``lookup`` checks every file's sha256 against the manifest, so a hand-edited, truncated or
+  replaced artifact is detected, removed (under the lock) and reported as a miss, never returned
+  as a hit.  Digests of unchanged files come from :mod:`digests` (remembered by inode, size,
+  mtime and ctime); set ``DARKNET2TFLITE_DIGEST_CACHE=0`` to re-read every byte on every lookup,
+  which also catches media bit rot that leaves the stat untouched.
 
 Layout::
 
@@ -45,6 +48,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .digests import file_digest
+
 __all__ = [
     "PIPELINE_VERSION",
     "ArtifactStore",
@@ -58,13 +63,14 @@ PIPELINE_VERSION = "1"
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
-_CHUNK = 1 << 20  # 1 MiB: large enough that hashing 100 MB weights is I/O-bound, not syscall-bound
 
 # Stage names become directory and lock-file names; the leading alnum keeps ".tmp"/".locks" and
 # ".." unreachable.  Keys have neither "-" nor ".", which makes "<stage>-<key>.<suffix>"
 # (temp dirs) and "<stage>-<key>.lock" unambiguous: split at the last "-", then the first ".".
 _STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _KEY_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
+
+_CHUNK = 1 << 20  # 1 MiB reads: hashing is I/O-bound, not syscall-bound
 
 _TMP_DIR = ".tmp"
 _LOCK_DIR = ".locks"
@@ -75,20 +81,6 @@ Produce = Callable[[Path], Mapping[str, str | os.PathLike[str]]]
 
 # --------------------------------------------------------------------------------------------
 # hashing
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's content, streamed so multi-hundred-MB weights never sit in RAM."""
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def _tree_digest(root: Path) -> str:

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import flows._settings  # noqa: F401  (Prefect env defaults before `import prefect`)
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (acreate_markdown_artifact, acreate_table_artifact,
+                               create_markdown_artifact, create_table_artifact)
 from prefect.runtime import flow_run as runtime_flow_run
 
 from darknet2tflite.errors import UserError
@@ -197,15 +199,13 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                                                                 "rewrite", "evaluate")], **kw)
     results["report"] = futures["report"].result()
 
-    deliverables = deliver_task.submit(out=out, rewrite=results["rewrite"],
-                                       quantize=results["quantize"],
-                                       variants=variant_payloads,
-                                       report=results["report"],
-                                       wait_for=[futures["report"]]).result()
-
+    deliver = deliver_task.submit(out=out, rewrite=results["rewrite"],
+                                  quantize=results["quantize"], variants=variant_payloads,
+                                  report=results["report"], wait_for=[futures["report"]])
     stages = {s: {"state": futures[s].state.name, "key": results[s]["key"],
                   "artifacts": results[s]["artifacts"]} for s in results}
-    publish_artifacts(model, stages, out)
+    publish_artifacts(model, stages, out)  # the UI artifacts, while deliver copies the files
+    deliverables = deliver.result()
     logger.info("report: %s", Path(out) / "report.md")
     return {"model": model, "out": str(Path(out)), "deliverables": deliverables,
             "report": str(Path(out) / "report.md"), "stages": stages,
@@ -221,8 +221,18 @@ def _fmt(x: Any, spec: str = ".3g") -> Any:
 
 
 def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -> None:
+    """Publish the run's UI artifacts (all of them concurrently: one by one, their API round
+    trips were a tenth of a fully cached run)."""
     key = slug(model)
-    create_table_artifact(
+    pending: list[tuple[str, dict[str, Any]]] = []
+
+    def table_artifact(**kw: Any) -> None:
+        pending.append(("table", kw))
+
+    def markdown_artifact(**kw: Any) -> None:
+        pending.append(("markdown", kw))
+
+    table_artifact(
         key=f"{key}-stages",
         table=[{"stage": n, "state": s["state"], "store key": s["key"][:16]}
                for n, s in stages.items()],
@@ -231,14 +241,14 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
     parity = read_json(artifact(stages["parity"], "parity"))
     if parity:
         if parity.get("status") == "skipped":
-            create_markdown_artifact(key=f"{key}-parity",
+            markdown_artifact(key=f"{key}-parity",
                                      markdown=f"**Parity skipped:** {parity.get('reason')}",
                                      description=f"{model}: float parity vs OpenCV DNN")
         else:
             rows = [{"model": kind, "head": r["head"], "shape": "x".join(map(str, r["shape"])),
                      "max_abs": _fmt(r["max_abs"]), "max_rel": _fmt(r["max_rel"])}
                     for kind in ("keras", "tflite_float32") for r in parity.get(kind, [])]
-            create_table_artifact(
+            table_artifact(
                 key=f"{key}-parity", table=rows,
                 description=f"{model}: float parity vs {parity.get('reference')} — "
                             f"{parity.get('status')} (worst rel {_fmt(parity.get('max_rel'))}, "
@@ -253,7 +263,7 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
                  "ops": ", ".join(dict.fromkeys(
                      op for t in r["targets"].values() for op in t["ops"])) or "-"}
                 for r in probe["after"]["rows"]]
-        create_table_artifact(key=f"{key}-probe", table=rows,
+        table_artifact(key=f"{key}-probe", table=rows,
                               description=f"{model}: TFLite op probe for {probe['target']}")
 
     rewrites = read_json(artifact(stages["rewrite"], "rewrites")) or []
@@ -263,17 +273,32 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
            f"{r.get('description', '')}"
            + (f" (float deviation max_rel {_fmt(r['max_rel'])})"
               if r.get("max_rel") is not None else "") for r in rewrites] or ["None needed."]
-    create_markdown_artifact(key=f"{key}-rewrites", markdown="\n".join(md),
+    markdown_artifact(key=f"{key}-rewrites", markdown="\n".join(md),
                              description=f"{model}: op rewrites")
 
     from tasks.evaluate import evaluation_rows
     rows = evaluation_rows(read_json(artifact(stages["evaluate"], "report_json")))
     if rows:
-        create_table_artifact(key=f"{key}-int8-evaluation", table=rows,
+        table_artifact(key=f"{key}-int8-evaluation", table=rows,
                               description=f"{model}: int8 evaluation")
 
     report_md = artifact(stages["report"], "report_md")
     if report_md:
-        create_markdown_artifact(key=f"{key}-report",
+        markdown_artifact(key=f"{key}-report",
                                  markdown=Path(report_md).read_text(encoding="utf-8"),
                                  description=f"{model}: report (copied to {out}/report.md)")
+    _publish(pending)
+
+
+def _publish(pending: list[tuple[str, dict[str, Any]]]) -> None:
+    async def all_of_them() -> None:
+        make = {"table": acreate_table_artifact, "markdown": acreate_markdown_artifact}
+        await asyncio.gather(*(make[kind](**kw) for kind, kw in pending))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(all_of_them())  # the usual case: a sync flow has no running loop
+        return
+    for kind, kw in pending:  # called from async code: stay on its loop, one by one
+        (create_table_artifact if kind == "table" else create_markdown_artifact)(**kw)
