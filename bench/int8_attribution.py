@@ -9,7 +9,8 @@ reacts to these two, see docs/int8.md):
 * the same model with one Darknet layer at a time left float (converter denylist): the share of
   the objectness / w/h squared error that layer's quantization causes;
 * int16 activations with int8 weights (16x8) and int8 weights with float activations
-  (dynamic range), which split the error into its weight and activation parts.
+  (dynamic range: activations quantized per invocation, conv outputs float), which split the
+  error into its weight and activation parts.
 
 Usage: .venv/bin/python bench/int8_attribution.py [--model yolov4-tiny|yolov3-tiny] [--json OUT]
 """
@@ -107,7 +108,7 @@ def main() -> int:
     for name, data in (("int16 activations, int8 weights (16x8)",
                         convert(model, mode="int16x8",
                                 representative=representative_dataset(calib))),
-                       ("int8 weights, float activations (dynamic range)",
+                       ("int8 weights, activations quantized per invocation (dynamic range)",
                         convert(model, mode="dynamic"))):
         e = errors(data)
         doc["variants"][name] = e
