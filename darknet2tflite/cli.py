@@ -119,18 +119,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _add_convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cfg")
-    p.add_argument("weights")
-    p.add_argument("--out", required=True)
-    p.add_argument("--calibration", required=True, help="folder of calibration images")
-    p.add_argument("--eval-annotations", help="COCO-format json for AP/AP50")
+    p.add_argument("cfg", help="Darknet .cfg file")
+    p.add_argument("weights", help="Darknet .weights file matching the cfg")
+    p.add_argument("--out", required=True,
+                   help="output folder (model.keras, model.float32.tflite, model.int8.tflite, "
+                        "model.json, report.json, report.md), written when the run succeeds")
+    p.add_argument("--calibration", required=True,
+                   help="folder of calibration images (jpg/png/bmp, searched recursively)")
+    p.add_argument("--eval-annotations", help="COCO-format json for AP/AP50 (needs --eval-images)")
     p.add_argument("--eval-images", help="folder of evaluation images")
-    p.add_argument("--names", help="class names, one per line")
-    p.add_argument("--input-type", choices=("uint8", "int8"), default="uint8")
-    p.add_argument("--calibration-limit", type=int, default=500)
-    p.add_argument("--float-fallback", type=int, default=0, metavar="N")
+    p.add_argument("--names", help="class names, one per line (used in reports and drawings)")
+    p.add_argument("--input-type", choices=("uint8", "int8"), default="uint8",
+                   help="int8 model input: uint8 raw pixels (scale 1/255, zero point 0) or int8 "
+                        "(default: %(default)s)")
+    p.add_argument("--calibration-limit", type=int, default=500, metavar="N",
+                   help="use at most N calibration images, shuffled deterministically "
+                        "(default: %(default)s)")
+    p.add_argument("--float-fallback", type=int, default=0, metavar="N",
+                   help="also write model.int8-fallback.tflite with the N most "
+                        "quantization-sensitive layers kept float, and report what it buys")
     p.add_argument("--variants", default="", help="comma list of float16,dynamic,int16x8")
-    p.add_argument("--backend", choices=("direct", "onnx2tf", "both"), default="direct")
+    p.add_argument("--backend", choices=("direct", "onnx2tf", "both"), default="direct",
+                   help="int8 conversion route: TFLiteConverter (direct), Keras -> ONNX -> "
+                        "onnx2tf, or both (compared, the better one shipped); default: "
+                        "%(default)s")
     p.add_argument("--from-stage", help="rerun from this stage, reusing earlier artifacts")
     p.add_argument("--store", help="artifact store folder (default: .store in the repo)")
     p.add_argument("--images", help="images for the float parity check (default: samples)")
@@ -143,10 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="cfg+weights -> Keras + float32 TFLite, with parity")
-    p.add_argument("cfg")
-    p.add_argument("weights")
-    p.add_argument("--out", required=True)
-    p.add_argument("--names")
+    p.add_argument("cfg", help="Darknet .cfg file")
+    p.add_argument("weights", help="Darknet .weights file matching the cfg")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--names", help="class names, one per line")
     p.add_argument("--images", help="images for the parity check (default: shipped samples)")
     p.set_defaults(func=cmd_build)
 
@@ -155,12 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("detect", help="run a .tflite on an image and draw the detections")
-    p.add_argument("model")
-    p.add_argument("image")
-    p.add_argument("--out", required=True)
-    p.add_argument("--conf", type=float, default=0.25)
-    p.add_argument("--nms", type=float, default=0.45)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("model", help=".tflite written by convert/build (model.json next to it)")
+    p.add_argument("image", help="image file")
+    p.add_argument("--out", required=True, help="where to write the annotated image")
+    p.add_argument("--conf", type=float, default=0.25,
+                   help="confidence threshold (default: %(default)s)")
+    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("weights", help="official weights")

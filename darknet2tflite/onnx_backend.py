@@ -989,7 +989,7 @@ def quantize_with_backend(backend: str, keras_path: str | Path, calib_npy: str |
                           round(float(secs.get("total") or 0.0), 2), {},
                           o2t["integer_check"])
     qd = qres.to_dict()
-    qd["paths"].update({k: str(v) for k, v in paths.items()})
+    qd["paths"].update({k: Path(v).name for k, v in paths.items()})
     write_json(out / "quantize.json", qd)
     paths.update(tflite_int8=int8, meta=out / "model.json", quantize=out / "quantize.json")
     shutil.rmtree(side, ignore_errors=True)

@@ -492,7 +492,9 @@ class QuantizeResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["paths"] = {k: str(v) for k, v in self.paths.items()}
+        # file names only: quantize.json travels (staging dir -> store entry -> --out), and
+        # every file it names sits next to it
+        d["paths"] = {k: Path(v).name for k, v in self.paths.items()}
         return d
 
 

@@ -59,7 +59,7 @@ __all__ = [
 
 # Part of every key: bump it when a stage's output format/semantics change so every old entry
 # becomes unreachable (it is simply never looked up again; delete the store dir to reclaim space).
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

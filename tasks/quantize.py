@@ -5,9 +5,10 @@ model.<mode>.tflite), so the variants convert concurrently with the int8 model."
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from prefect import task
 
@@ -56,6 +57,19 @@ def check_backend(backend: str | None) -> None:
         raise UserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
 
 
+@contextmanager
+def scratch(out: Path) -> Iterator[Path]:
+    """Working space (the calibration array) inside the stage's own temp dir in the store:
+    removed before the entry is published, and if the process is killed it goes with the
+    stale temp dir (the store's gc_tmp), instead of piling up in /tmp."""
+    d = out / ".scratch"
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     from darknet2tflite.onnx_backend import quantize_with_backend
     from darknet2tflite.quantize import QuantizeOptions
@@ -63,7 +77,7 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     backend = p.get("backend") or "direct"
     check_backend(backend)
     rw = p["rewrite"]
-    with tempfile.TemporaryDirectory(prefix="d2t-calib-") as td:
+    with scratch(out) as td:
         plan, calib = _plan_and_calibrate(p["cfg"], p["calibration"], p.get("eval_images"),
                                           p.get("eval_annotations"), p.get("calibration_limit"),
                                           Path(td) / "calibration.npy")
@@ -89,7 +103,7 @@ def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     model = load_keras(artifact(rw, "keras"))
     groups = [h.get("outputs") or [h["output"]] for h in meta["heads"]]
     log(f"variant {mode}")
-    with tempfile.TemporaryDirectory(prefix="d2t-calib-") as td:
+    with scratch(out) as td:
         rep = None
         if mode == "int16x8":
             _, calib = _plan_and_calibrate(p["cfg"], p["calibration"], p.get("eval_images"),

@@ -2,11 +2,27 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Prefect's home for the whole session (in-process harness runs and CLI subprocesses alike):
+# a temp dir, so tests never read or write ~/.prefect or the repo's .prefect/, removed at the
+# end.  Must be set before prefect is imported.
+_PREFECT_HOME = None
+if "prefect" not in sys.modules:
+    _PREFECT_HOME = tempfile.mkdtemp(prefix="d2t-prefect-home-")
+    os.environ["PREFECT_HOME"] = _PREFECT_HOME
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _PREFECT_HOME:
+        shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -4,17 +4,13 @@ in the report. One real yolov3-tiny run (split heads) against a Prefect test ser
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-if "prefect" not in sys.modules:  # isolate Prefect's home before prefect is imported
-    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="d2t-prefect-home-")
+# (Prefect's home is a per-session temp dir: tests/conftest.py)
 
 from conftest import CFG_DIR, shared_path  # noqa: E402
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-if "prefect" not in sys.modules:  # isolate Prefect's home before prefect is imported
-    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="d2t-prefect-home-")
+# (Prefect's home is a per-session temp dir: tests/conftest.py)
 
 import flows  # noqa: E402,F401  (Prefect env defaults)
 
@@ -131,6 +130,9 @@ def test_first_conversion_runs_every_stage_and_delivers(first_run, base_params, 
     assert "## Pipeline" in md and "report_images/" in md
     for rel in report["evaluation"]["drawn"]:
         assert (out / rel).is_file()
+    # quantize.json names its sibling files, never the temp/store folder it was written in
+    qpaths = json.loads((out / "quantize.json").read_text())["paths"]
+    assert qpaths and all("/" not in v and (out / v).is_file() for v in qpaths.values())
     # every artifact path handed between tasks is a string inside the store
     for s in first_run["stages"].values():
         assert all(isinstance(p, str) and p.startswith(str(store)) for p in s["artifacts"].values())
