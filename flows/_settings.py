@@ -15,7 +15,8 @@ Two modes:
   that make it reliable on a slow or busy machine: a 90 s startup budget instead of 20 s (loading
   TensorFlow alongside regularly pushes the default over), no analytics calls (the machine may
   be offline), and a project-local ``PREFECT_HOME`` (``<repo>/.prefect``, git-ignored) so runs
-  neither read nor write ``~/.prefect``.
+  neither read nor write ``~/.prefect``.  The CLI starts that server itself, before Prefect is
+  imported (flows/_embedded.py), so its start overlaps the CLI's own imports.
 
 Every value is a default: an explicit environment variable always wins (and for the bind
 addresses, a value in the active Prefect profile too).
