@@ -146,6 +146,9 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-stage", help="rerun from this stage, reusing earlier artifacts")
     p.add_argument("--store", help="artifact store folder (default: .store in the repo)")
     p.add_argument("--images", help="images for the float parity check (default: samples)")
+    p.add_argument("--task-runner", metavar="SPEC",
+                   help="where stages run: threads (default), dask (local cluster) or a Dask "
+                        "scheduler address tcp://host:8786 (same as $DARKNET2TFLITE_TASK_RUNNER)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -135,6 +135,9 @@ def run_convert(args: argparse.Namespace) -> int:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows import _settings  # Prefect environment defaults, before prefect is imported
     from flows import _embedded
+    if getattr(args, "task_runner", None):
+        from flows.runners import ENV, check_spec
+        os.environ[ENV] = check_spec(args.task_runner)  # read when the flow module loads
     _embedded.start_early()  # the server starts while this process imports the flow
 
     convert = import_flow()

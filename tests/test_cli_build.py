@@ -91,3 +91,11 @@ def test_weights_fetch_cli(tmp_path: Path) -> None:
     assert (tmp_path / "yolov4-tiny.weights").stat().st_size == 24251276
     r = run("weights", "fetch", "yolov9000", "--dest", tmp_path)
     assert r.returncode == 2 and "unknown model" in r.stderr
+
+
+def test_convert_rejects_an_unknown_task_runner_before_any_work(tmp_path: Path, yolov3_tiny,
+                                                                sample_images) -> None:
+    r = run("convert", yolov3_tiny[0], yolov3_tiny[1], "--out", tmp_path / "o",
+            "--calibration", sample_images, "--store", tmp_path / "s", "--task-runner", "spark")
+    assert r.returncode == 2 and "task runner 'spark'" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
