@@ -66,17 +66,27 @@ def _stat_key(st: os.stat_result) -> list:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _hash(path: str | os.PathLike[str]) -> str:
+def hash_file(path: str | os.PathLike[str], sync: bool = False) -> tuple[str, int]:
+    """(hex sha256, size) of a file read in 1 MiB chunks; ``sync`` also fsyncs it (the
+    store does so for files it is about to publish, so an entry survives a power cut)."""
     h = hashlib.sha256()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
+    size = 0
     with open(path, "rb", buffering=0) as f:
         while True:
             n = f.readinto(buf)
             if not n:
                 break
             h.update(view[:n])
-    return h.hexdigest()
+            size += n
+        if sync:
+            os.fsync(f.fileno())
+    return h.hexdigest(), size
+
+
+def _hash(path: str | os.PathLike[str]) -> str:
+    return hash_file(path)[0]
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .digests import file_digest
+from .digests import file_digest, hash_file
 
 __all__ = [
     "PIPELINE_VERSION",
@@ -69,8 +69,6 @@ MANIFEST_FORMAT = 1
 # (temp dirs) and "<stage>-<key>.lock" unambiguous: split at the last "-", then the first ".".
 _STAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _KEY_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
-
-_CHUNK = 1 << 20  # 1 MiB reads: hashing is I/O-bound, not syscall-bound
 
 _TMP_DIR = ".tmp"
 _LOCK_DIR = ".locks"
@@ -188,23 +186,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _hash_and_sync(path: Path) -> tuple[str, int]:
-    """sha256 + size of a just-produced file, fsynced so the entry survives a power cut too."""
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            size += n
-        os.fsync(f.fileno())
-    return h.hexdigest(), size
 
 
 def _remove(path: Path) -> None:
@@ -416,7 +397,7 @@ class ArtifactStore:
                     from None
             if not stat.S_ISREG(st.st_mode):
                 raise ValueError(f"artifact {name!r}: {value} is not a regular file")
-            sha, size = _hash_and_sync(Path(real))
+            sha, size = hash_file(Path(real), sync=True)
             records[name] = {"file": rel, "sha256": sha, "size": size}
         if not records:
             raise ValueError("produce() returned no artifacts")

@@ -9,10 +9,12 @@ skips the in-process import and lets the server start on another core while this
 imports the flow.  The result is the same server (same app factory, same ``PREFECT_HOME`` and
 SQLite database, same settings); the client just sees it as ``PREFECT_API_URL``.
 
-The listening socket is bound here and handed to uvicorn (``--fd``), so there is no window in
-which another process can take the port.  The server dies with this process: stopped at exit,
-and on Linux also killed by the kernel if this process is killed (``PR_SET_PDEATHSIG``), so a
-``kill -9`` of the CLI does not leave a server behind.
+The listening socket is bound here and handed to the server process (uvicorn's ``fd``), so
+there is no window in which another process can take the port; this process keeps it open, so
+a server that has to be started again (two CLIs migrating a fresh database at once) serves the
+same address.  The server dies with this process: stopped at exit, and on Linux also killed by
+the kernel if this process is killed (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the CLI does not
+leave a server behind.
 
 Opt out with ``DARKNET2TFLITE_EMBEDDED_SERVER=0`` (then Prefect starts its own, as before).
 """
@@ -48,11 +50,26 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 class EmbeddedServer:
     """One Prefect API server subprocess serving this process's flow runs."""
 
-    def __init__(self, process: subprocess.Popen, port: int) -> None:
-        self.process = process
-        self.port = port
-        self.api_url = f"http://127.0.0.1:{port}/api"
+    #: uvicorn's exit status when the app's startup fails.  Two CLIs starting on a fresh
+    #: PREFECT_HOME race to migrate the same SQLite database and the loser exits with it;
+    #: started again it finds the database migrated (Prefect's own ephemeral server retries
+    #: on this status too).
+    STARTUP_FAILED = 3
+    MAX_RESTARTS = 3
+
+    def __init__(self, sock: socket.socket, argv: list[str], env: dict[str, str]) -> None:
+        self.sock = sock  # kept open: a restarted server serves the same port (same fd)
+        self.port = sock.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self._argv, self._env = argv, env
         self._ready = False
+        self.restarts = 0
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            self._argv, env=self._env, pass_fds=[self.sock.fileno()], stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
     @classmethod
     def spawn(cls) -> "EmbeddedServer":
@@ -64,8 +81,7 @@ class EmbeddedServer:
         try:
             sock.bind(("127.0.0.1", 0))
             sock.listen(128)
-            port = sock.getsockname()[1]
-            # the same command and environment as prefect.server.api.server.SubprocessASGIServer
+            # the same environment as prefect.server.api.server.SubprocessASGIServer's
             env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1",
                        PREFECT__SERVER_FINAL="1")
             env.pop("PREFECT_API_URL", None)
@@ -78,13 +94,11 @@ class EmbeddedServer:
             env["PYTHONPATH"] = os.pathsep.join(
                 [str(REPO_ROOT), str(package_parent)]
                 + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-            process = subprocess.Popen(
-                [sys.executable, "-m", "flows._server_main", str(sock.fileno())],
-                env=env, pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        finally:
-            sock.close()  # the child holds its own copy of the listening socket
-        server = cls(process, port)
+            server = cls(sock, [sys.executable, "-m", "flows._server_main",
+                                str(sock.fileno())], env)
+        except BaseException:
+            sock.close()
+            raise
         atexit.register(server.stop)
         return server
 
@@ -95,7 +109,15 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout
         while True:
             code = self.process.poll()
+            if code == self.STARTUP_FAILED and self.restarts < self.MAX_RESTARTS:
+                self.restarts += 1
+                print(f"darknet2tflite: the embedded Prefect server failed to start (see above); "
+                      f"starting it again ({self.restarts}/{self.MAX_RESTARTS})",
+                      file=sys.stderr, flush=True)
+                self.process = self._start()
+                continue
             if code is not None:
+                self.stop(wait=True)
                 raise RuntimeError(f"the embedded Prefect server exited with code {code} while "
                                    f"starting (its error is above); set {OPT_OUT}=0 to let "
                                    "Prefect start its own, or set PREFECT_API_URL")
@@ -120,6 +142,7 @@ class EmbeddedServer:
         run and its logs/events are already recorded (Prefect drains its workers first), and
         the server is already orphan-proof.  Elsewhere, or when asked, it waits (and kills a
         server that has not stopped after 5 s)."""
+        self.sock.close()  # the server process keeps its own copy while it runs
         if self.process.poll() is not None:
             return
         self.process.terminate()

@@ -119,3 +119,17 @@ def test_not_started_when_prefect_is_already_imported_or_opted_out(tmp_path: Pat
                          env=dict(_env(tmp_path), DARKNET2TFLITE_EMBEDDED_SERVER="0"),
                          capture_output=True, text=True)
     assert out.stdout.split() == ["True"], out.stderr
+
+
+def test_two_servers_starting_on_a_fresh_home_both_come_up(tmp_path: Path) -> None:
+    """Both migrate the same new SQLite database at once; the loser's start fails (uvicorn
+    exit 3) and is retried on the same socket."""
+    code = ("from flows import _embedded\ns = _embedded.start_early()\n_embedded.wait_ready()\n"
+            "import urllib.request\n"
+            "print(urllib.request.urlopen(s.api_url + '/health', timeout=10).status)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0 and out.split() == ["200"], err[-2000:]
