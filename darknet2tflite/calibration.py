@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .atomic import atomic_write_bytes
+from .cache import cache_root
 from .cfg import DarknetConfig, parse_cfg
 from .errors import InputError
 from .images import IMAGE_EXTENSIONS, ImageError, find_images, load_rgb, preprocess
@@ -67,12 +68,8 @@ class CalibrationSet:
 
 
 def cache_dir() -> Path:
-    """Where calibration arrays are cached: $DARKNET2TFLITE_CACHE or ~/.cache/darknet2tflite.
-    Outside the output folder on purpose: a failed run must leave nothing in --out."""
-    env = os.environ.get("DARKNET2TFLITE_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
-        / "darknet2tflite"
-    return base / "calibration"
+    """Where calibration arrays are cached (under :func:`cache.cache_root`)."""
+    return cache_root() / "calibration"
 
 
 def _as_cfg(cfg: DarknetConfig | str | os.PathLike[str]) -> DarknetConfig:

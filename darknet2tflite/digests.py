@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
+from .cache import cache_root
 
 RACY_SECONDS = 2.0
 MAX_ENTRIES = 20000
@@ -38,10 +39,7 @@ _dirty = False
 
 
 def cache_file() -> Path:
-    env = os.environ.get("DARKNET2TFLITE_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
-        / "darknet2tflite"
-    return base / "digests.json"
+    return cache_root() / "digests.json"
 
 
 def _enabled() -> bool:

@@ -182,9 +182,9 @@ def start_early() -> EmbeddedServer | None:
 def wait_ready() -> None:
     """Wait for the server started by :func:`start_early` (no-op if none was started)."""
     if _SERVER is not None:
-        # flows._settings put the project's startup budget (90 s) there unless the user did
-        _SERVER.wait_ready(float(os.environ.get(
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 90))
+        from flows import _settings
+        _SERVER.wait_ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+                                 or _settings.EPHEMERAL_STARTUP_TIMEOUT_SECONDS))
 
 
 def current() -> EmbeddedServer | None:

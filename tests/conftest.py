@@ -55,3 +55,30 @@ def sample_images() -> Path:
 @pytest.fixture(scope="session")
 def coco_images() -> Path:
     return shared_path("images", "coco")
+
+
+def clean_env(prefect_home: Path) -> dict[str, str]:
+    """The user's environment minus any Prefect configuration, with a private PREFECT_HOME
+    (so a subprocess's Prefect server, database and profiles are the caller's alone) and the
+    repo importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(prefect_home), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    return env
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect API for in-process flow runs (prefect_test_harness), with heartbeats
+    off and results in a temp dir; yields the API URL."""
+    from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+                                  PREFECT_LOCAL_STORAGE_PATH, temporary_settings)
+    from prefect.testing.utilities import prefect_test_harness
+
+    results = tempfile.mkdtemp(prefix="d2t-prefect-results-")
+    # The harness' subprocess server needs more than its 30 s default on a busy 2-core box.
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                                         PREFECT_LOCAL_STORAGE_PATH: results}):
+            yield PREFECT_API_URL.value()
+    shutil.rmtree(results, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 
 import pytest
@@ -15,22 +14,9 @@ import pytest
 from conftest import CFG_DIR, shared_path  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-                                  PREFECT_LOCAL_STORAGE_PATH, temporary_settings)
-    from prefect.testing.utilities import prefect_test_harness
-
-    results = tempfile.mkdtemp(prefix="d2t-prefect-results-")
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
-                                         PREFECT_LOCAL_STORAGE_PATH: results}):
-            yield
-    shutil.rmtree(results, ignore_errors=True)
-
-
 @pytest.mark.slow
-def test_convert_backend_both_ships_winner_and_keeps_both(prefect_api, yolov3_tiny, tmp_path):
+def test_convert_backend_both_ships_winner_and_keeps_both(prefect_server, yolov3_tiny,
+                                                          tmp_path):
     import flows  # noqa: F401  (Prefect env defaults)
     from darknet2tflite.cli import main
     from darknet2tflite.evaluate import file_meta

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, clean_env
+
 
 CHILD = r"""
 import json, sys, time
@@ -38,12 +39,6 @@ print("ran", flush=True)
 if sys.argv[1] == "hang":
     time.sleep(600)
 """
-
-
-def _env(prefect_home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(prefect_home), PYTHONPATH=str(REPO))
-    return env
 
 
 def _alive(pid: int) -> bool:
@@ -68,8 +63,8 @@ def _wait_dead(pid: int, timeout: float = 20) -> bool:
 
 
 def _start(mode: str, tmp_path: Path) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, mode], cwd=REPO, env=_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, mode], cwd=REPO,
+                            env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     info = json.loads(proc.stdout.readline())
     return proc, info
 
@@ -111,12 +106,12 @@ def test_server_dies_when_its_process_is_killed(tmp_path: Path) -> None:
 def test_not_started_when_prefect_is_already_imported_or_opted_out(tmp_path: Path) -> None:
     code = ("import os, prefect\nfrom flows import _embedded\n"
             "print(_embedded.start_early() is None, 'PREFECT_API_URL' in os.environ)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(tmp_path),
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=clean_env(tmp_path),
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "False"], out.stderr
     code = "from flows import _embedded\nprint(_embedded.start_early() is None)\n"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120,
-                         env=dict(_env(tmp_path), DARKNET2TFLITE_EMBEDDED_SERVER="0"),
+                         env=dict(clean_env(tmp_path), DARKNET2TFLITE_EMBEDDED_SERVER="0"),
                          capture_output=True, text=True)
     assert out.stdout.split() == ["True"], out.stderr
 
@@ -127,8 +122,8 @@ def test_two_servers_starting_on_a_fresh_home_both_come_up(tmp_path: Path) -> No
     code = ("from flows import _embedded\ns = _embedded.start_early()\n_embedded.wait_ready()\n"
             "import urllib.request\n"
             "print(urllib.request.urlopen(s.api_url + '/health', timeout=10).status)\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=_env(tmp_path),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
+                              env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=240)

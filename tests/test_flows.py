@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,21 +28,6 @@ DELIVERABLES = {"model.keras", "model.float32.tflite", "model.int8.tflite", "mod
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-                                  PREFECT_LOCAL_STORAGE_PATH, temporary_settings)
-    from prefect.testing.utilities import prefect_test_harness
-
-    results = tempfile.mkdtemp(prefix="d2t-prefect-results-")
-    # The harness' subprocess server needs more than its 30 s default on a busy 2-core box.
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
-                                         PREFECT_LOCAL_STORAGE_PATH: results}):
-            yield PREFECT_API_URL.value()
-    shutil.rmtree(results, ignore_errors=True)
-
 
 @pytest.fixture(scope="session")
 def work(tmp_path_factory) -> Path:

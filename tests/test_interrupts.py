@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CFG_DIR, REPO, shared_path
+from conftest import CFG_DIR, REPO, clean_env, shared_path
 
 STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
 DELIVERABLES = {"model.keras", "model.float32.tflite", "model.int8.tflite", "model.json",
@@ -72,15 +72,6 @@ class Run:
 
 
 _LIVE: list[Run] = []
-
-
-def clean_env(prefect_home: Path) -> dict[str, str]:
-    """The user's environment minus any Prefect configuration, with a private PREFECT_HOME
-    (so the ephemeral server's DB and profiles are this test's alone)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(prefect_home), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    return env
 
 
 def start(args: list[str], log: Path, prefect_home: Path, cwd: Path = REPO) -> Run:
@@ -231,6 +222,19 @@ def convert_args(model, calib: Path, out: str | Path, store: str | Path) -> list
             "--store", str(store), "--calibration-limit", "8"]
 
 
+def sigkill_when_it_prints(code: str, marker: bytes, log: Path) -> None:
+    """Run ``code`` in its own process group, wait until it prints ``marker`` (it is then in
+    the middle of its write) and SIGKILL the group."""
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=f, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == marker
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def kill_partial_writer(out: Path, log: Path) -> None:
     """A real process that dies (SIGKILL) in the middle of writing ``out`` through
     ``staged_output``, i.e. a deliver step killed mid-copy: its temp dir stays behind."""
@@ -242,14 +246,7 @@ def kill_partial_writer(out: Path, log: Path) -> None:
             print("writing", flush=True)
             time.sleep(600)
     """)
-    with open(log, "ab") as f:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=f, start_new_session=True)
-    try:
-        assert proc.stdout.readline().strip() == b"writing"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    sigkill_when_it_prints(code, b"writing", log)
 
 
 def kill_store_producer(store: Path, key: str, log: Path) -> None:
@@ -265,14 +262,7 @@ def kill_store_producer(store: Path, key: str, log: Path) -> None:
             time.sleep(600)
         ArtifactStore({str(store)!r}).publish("build", {key!r}, produce)
     """)
-    with open(log, "ab") as f:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=f, start_new_session=True)
-    try:
-        assert proc.stdout.readline().strip() == b"producing"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    sigkill_when_it_prints(code, b"producing", log)
 
 
 @pytest.fixture(scope="module")
