@@ -65,6 +65,8 @@ class QuantizeOptions:
     float_fallback: int = 0              # keep the N worst layers float (extra model file)
     calibration_limit: int | None = None  # use only the first N images of the array
     debug_images: int = 16               # images for QuantizationDebugger layer stats
+    #: extra MACs allowed for outlier channel splitting (channel_split.py); 0 turns it off
+    channel_split: float = field(default_factory=lambda: _default_split_budget())
 
     def validate(self) -> None:
         if self.input_type not in ("uint8", "int8"):
@@ -77,6 +79,14 @@ class QuantizeOptions:
                              f"{', '.join(VARIANTS)})")
         if self.float_fallback < 0:
             raise InputError(f"float_fallback must be >= 0, got {self.float_fallback}")
+        if not 0.0 <= self.channel_split <= 1.0:
+            raise InputError(f"channel split budget must be within 0..1 (fraction of the "
+                             f"model's MACs), got {self.channel_split}")
+
+
+def _default_split_budget() -> float:
+    from .channel_split import MAC_BUDGET
+    return MAC_BUDGET
 
 
 # --------------------------------------------------------------------------- model build
@@ -489,6 +499,7 @@ class QuantizeResult:
     layer_errors: list[dict[str, Any]] = field(default_factory=list)
     fallback: dict[str, Any] | None = None
     variants: dict[str, Any] = field(default_factory=dict)
+    channel_split: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -499,16 +510,20 @@ class QuantizeResult:
 
 
 def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
-                    progress: Progress = print) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any]]:
-    """Calibrate, refine ranges, quantize and verify: (int8 model, refined calibrated
-    model, range table, integer check)."""
+                    progress: Progress = print
+                    ) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Split outlier channels, calibrate, refine ranges, quantize and verify: (int8 model,
+    refined calibrated model, range table, integer check, channel split report)."""
+    from .channel_split import split_outlier_channels
     t0 = time.perf_counter()
+    model, split = split_outlier_channels(model, images, budget=opts.channel_split,
+                                          progress=progress)
     progress(f"int8: calibrating on {len(images)} images")
     calibrated = calibrate_model(model, images)
     progress(f"int8: calibrated in {time.perf_counter() - t0:.1f}s")
     refined, table = refine_ranges(calibrated, images, opts.ranges, progress)
     data = quantize_calibrated(refined, opts.input_type)
-    return data, refined, table, check_integer(data, opts.input_type)
+    return data, refined, table, check_integer(data, opts.input_type), split.to_dict()
 
 
 def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Path,
@@ -534,7 +549,7 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
 
     t0 = time.perf_counter()
     with PeakRSS() as mem:
-        data, refined, table, check = int8_from_keras(model, images, opts, progress)
+        data, refined, table, check, split = int8_from_keras(model, images, opts, progress)
     seconds = time.perf_counter() - t0
     progress(f"int8: full-integer model in {seconds:.1f}s "
              f"({sum(check['ops'].values())} ops, peak RSS {mem.peak / 2**20:.0f} MB)")
@@ -544,7 +559,8 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     by_file["model.int8.tflite"] = heads_int8
     paths: dict[str, Path] = {}
     imeta = dict(meta, head_outputs=heads_int8, quantization={
-        "input_type": opts.input_type, "ranges": opts.ranges, "calibration_images": len(images)})
+        "input_type": opts.input_type, "ranges": opts.ranges, "calibration_images": len(images),
+        "channel_split": {k: v["channels"] for k, v in split["layers"].items()}})
     paths["tflite_int8"] = save_tflite(data, out / "model.int8.tflite", imeta)
 
     out_map = output_layer_map(meta, heads_int8)
@@ -592,7 +608,7 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     write_json(out / "model.json", meta)
     paths["meta"] = out / "model.json"
     result = QuantizeResult(paths, round(seconds, 2), mem.to_dict(), check, table, layer_errs,
-                            fallback, variants)
+                            fallback, variants, split)
     write_json(out / "quantize.json", result.to_dict())
     paths["quantize"] = out / "quantize.json"
     return result
@@ -705,6 +721,7 @@ def assemble_report(cfg_path: str | Path, q: QuantizeResult, calib: Any,
             "ranges": "mse" if q.ranges else "minmax", "head_split": DEFAULT_LAYOUT,
             "input_type": q.integer_check["input"]["dtype"],
             "variants": q.variants,
+            "channel_split": q.channel_split,
         },
         "evaluation": dict(evaluation),
         "worst_layers": q.layer_errors[:20],

@@ -29,9 +29,11 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
                       eval_annotations=p.get("eval_annotations"))
         options.update(calibration_limit=p.get("calibration_limit"))
     if mode == "int8":
+        from darknet2tflite.channel_split import MAC_BUDGET
         options.update(input_type=p.get("input_type") or "uint8",
                        float_fallback=int(p.get("float_fallback") or 0),
-                       backend=p.get("backend") or "direct", ranges=RANGES)
+                       backend=p.get("backend") or "direct", ranges=RANGES,
+                       channel_split=MAC_BUDGET)
     return inputs, options
 
 

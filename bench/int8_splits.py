@@ -1,0 +1,148 @@
+"""int8 AP loss over several calibration splits, with and without outlier channel splitting.
+
+Why: on 86 photos the cross-calibrated AP loss of one 2-fold split moves by several tenths
+with the split alone (docs/int8.md, "noise floor"), so one split cannot tell whether a
+conversion change helps. This script repeats the 2-fold cross-calibration over ``--seeds``
+different random halvings of the annotated photos (seed 0 = the product's own
+``holdout_split``) and scores each conversion setting on all of them: every photo is scored
+by an int8 model calibrated without it, float32 on the same photos.
+
+Settings (``--budgets``): the outlier channel split budget (extra MACs as a fraction of the
+model's, darknet2tflite/channel_split.py); 0 = off, 0.15 = the default.
+
+Usage: .venv/bin/python bench/int8_splits.py [--models yolov4-tiny,yolov3-tiny]
+       [--seeds 0,1,2] [--budgets 0,0.15] [--json bench/results/int8_splits.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared"
+MODELS = {
+    "yolov4-tiny": ("darknet/cfg/yolov4-tiny.cfg", "darknet/weights/yolov4-tiny.weights"),
+    "yolov3-tiny": ("darknet/cfg/yolov3-tiny.mask123.cfg", "darknet/weights/yolov3-tiny.weights"),
+}
+
+
+def folds_for(seed: int, images: Path, annotations: Path) -> list[tuple[list, list]]:
+    """(calibration exclude, evaluation) pairs of one 2-fold split."""
+    import numpy as np
+    from darknet2tflite.quantize import plan_images
+    plan = plan_images(images, images, annotations)
+    folds = [(plan["exclude"], plan["eval"])] + [(f["exclude"], f["eval"]) for f in plan["cross"]]
+    if seed == 0:
+        return folds
+    every = sorted({str(p) for _, ev in folds for p in ev})
+    np.random.default_rng(seed).shuffle(every)
+    half = len(every) // 2
+    a, b = [Path(p) for p in every[:half]], [Path(p) for p in every[half:]]
+    return [(a, a), (b, b)]          # calibrate without a, score a; and the swap
+
+
+def bench(name: str, seeds: list[int], budgets: list[float], say) -> list[dict]:
+    import numpy as np
+    from darknet2tflite.builder import build_keras
+    from darknet2tflite.calibration import calibrate, load_calibration
+    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.evaluate import _ap, detect, load_eval_images
+    from darknet2tflite.export import convert, head_groups, interpreter, run_tflite
+    from darknet2tflite.metadata import decode_metadata, read_names
+    from darknet2tflite.quantize import (QuantizeOptions, int8_from_keras, int8_rules,
+                                         tflite_head_outputs)
+    from darknet2tflite.weights import read_weights
+    images = SHARED / "images" / "coco"
+    annotations = images / "instances.json"
+    cfg_path, w_path = (SHARED / p for p in MODELS[name])
+    cfg = parse_cfg(cfg_path)
+    meta = decode_metadata(cfg, read_names(SHARED / "darknet" / "cfg" / "coco.names"))
+    model, _ = build_keras(cfg, read_weights(w_path, cfg), int8_rules())
+    groups = head_groups(model, meta)
+    fl = convert(model, mode="float32")
+    rows = []
+    for seed in seeds:
+        folds = folds_for(seed, images, annotations)
+        arrays = [load_calibration(calibrate(cfg, images, None, 500, exclude=ex,
+                                             progress=None).npy) for ex, _ in folds]
+        evals = [load_eval_images(ev, meta) for _, ev in folds]
+        fdets, paths = [], []
+        for batch, fp, sizes, _ in evals:
+            m = dict(meta, head_outputs=tflite_head_outputs(fl, model.output_names, groups))
+            fdets += detect(run_tflite(interpreter(fl, 2), batch, m), meta, sizes)
+            paths += fp
+        fa = _ap(meta, fdets, paths, annotations)
+        for budget in budgets:
+            t0 = time.perf_counter()
+            qdets, split = [], {}
+            for arr, (batch, fp, sizes, _) in zip(arrays, evals):
+                data, *_, split = int8_from_keras(model, arr, QuantizeOptions(
+                    channel_split=budget, debug_images=0), lambda _m: None)
+                m = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
+                qdets += detect(run_tflite(interpreter(data, 2), batch, m), meta, sizes)
+            qa = _ap(meta, qdets, paths, annotations)
+            row = {"model": name, "seed": seed, "budget": budget, "images": len(paths),
+                   "float_AP": fa["AP"], "float_AP50": fa["AP50"],
+                   "int8_AP": qa["AP"], "int8_AP50": qa["AP50"],
+                   "dAP": round(qa["AP"] - fa["AP"], 3), "dAP50": round(qa["AP50"] - fa["AP50"], 3),
+                   "split_layers": {k: v["channels"] for k, v in split.get("layers", {}).items()},
+                   "extra_mac_fraction": split.get("extra_mac_fraction", 0.0),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            say(json.dumps(row))
+            rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    import numpy as np
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for budget in dict.fromkeys(r["budget"] for r in rows):
+            rs = [r for r in rows if r["model"] == model and r["budget"] == budget]
+            if rs:
+                out.append({"model": model, "budget": budget, "splits": len(rs),
+                            "mean_AP_loss": round(-float(np.mean([r["dAP"] for r in rs])), 3),
+                            "mean_AP50_loss": round(-float(np.mean([r["dAP50"] for r in rs])), 3),
+                            "AP_losses": [-r["dAP"] for r in rs],
+                            "AP50_losses": [-r["dAP50"] for r in rs]})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="yolov4-tiny,yolov3-tiny")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budgets", default="0,0.15")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    if not (SHARED / "images" / "coco" / "instances.json").is_file():
+        print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in a.seeds.split(",")]
+    budgets = [float(b) for b in a.budgets.split(",")]
+    rows = []
+    for name in a.models.split(","):
+        rows += bench(name, seeds, budgets, lambda m: print(m, flush=True))
+    summ = summary(rows)
+    print("\nmodel        budget  splits  mean AP loss  mean AP50 loss  per split (AP / AP50)")
+    for s in summ:
+        per = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(s["AP_losses"], s["AP50_losses"]))
+        print(f"{s['model']:<12} {s['budget']:<7} {s['splits']:<7} {s['mean_AP_loss']:<13} "
+              f"{s['mean_AP50_loss']:<15} {per}")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"rows": rows, "summary": summ}, indent=1) + "\n",
+                          encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
