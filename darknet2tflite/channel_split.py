@@ -12,22 +12,27 @@ precision (per-channel weight scales scale with the weights) nor any new op kind
 channels. Cross-layer equalization, the usual alternative, moves the same error into the
 consumer's weights (measured worse, docs/int8.md).
 
-The cost is bounded by a budget of extra multiply-accumulates relative to the whole model.
+The cost is bounded by budgets of extra multiply-accumulates and extra weights relative to
+the whole model.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where used: the CLI and flows read MAC_BUDGET cheaply
+    import numpy as np
 
-#: channels whose maximum exceeds this quantile of the layer's channel maxima are split
-SPLIT_QUANTILE = 0.5
+#: a layer is split only if that cuts its estimated int8 rounding error variance to this
+#: fraction or less (see copies())
+MAX_ERROR_RATIO = 0.7
 #: at most this many copies of one channel
 MAX_COPIES = 4
 #: extra multiply-accumulates allowed, as a fraction of the model's convolution MACs
 MAC_BUDGET = 0.15
+#: extra weights allowed, as a fraction of the model's convolution weights: deep layers cost
+#: few MACs per channel but many weights, and the model file is what an embedded target stores
+PARAM_BUDGET = 0.05
 #: calibration images used for the channel statistics
 STAT_IMAGES = 16
 #: activations that commute with a positive scale: f(x / k) = f(x) / k
@@ -45,6 +50,7 @@ class Candidate:
     producer: str
     consumers: list[str]
     macs_per_channel: float       # producer per output channel + consumers per input channel
+    params_per_channel: float     # the same for weights
     maxima: np.ndarray | None = None
 
 
@@ -53,12 +59,16 @@ class SplitReport:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra_macs: float = 0.0
     model_macs: float = 0.0
+    extra_params: float = 0.0
+    model_params: float = 0.0
     skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["extra_mac_fraction"] = round(self.extra_macs / self.model_macs, 4) \
             if self.model_macs else 0.0
+        d["extra_param_fraction"] = round(self.extra_params / self.model_params, 4) \
+            if self.model_params else 0.0
         return d
 
 
@@ -140,11 +150,13 @@ def find_candidates(model: Any) -> list[Candidate]:
         if not ok or not consumers:
             continue
         kh, kw = layer.kernel_size
-        per = _spatial(layer.output.shape) * kh * kw * layer.input.shape[-1]
+        params = float(kh * kw * layer.input.shape[-1] + 1)
+        per = _spatial(layer.output.shape) * (params - 1)
         for c in consumers:
             ch, cw = c.kernel_size
             per += _spatial(c.output.shape) * ch * cw * c.filters
-        found.append(Candidate(layer.name, [c.name for c in consumers], per))
+            params += ch * cw * c.filters
+        found.append(Candidate(layer.name, [c.name for c in consumers], per, params))
     return found
 
 
@@ -158,6 +170,7 @@ def _call(model: Any, x: np.ndarray) -> Any:
 
 def channel_maxima(model: Any, names: Sequence[str], images: np.ndarray) -> list[np.ndarray]:
     """Per-channel max |conv output| (pre-activation: both signs are quantized there)."""
+    import numpy as np
     import keras
     sub = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
     acc: list[np.ndarray | None] = [None] * len(names)
@@ -170,13 +183,34 @@ def channel_maxima(model: Any, names: Sequence[str], images: np.ndarray) -> list
     return [a if a is not None else np.zeros(0) for a in acc]
 
 
-def copies(maxima: np.ndarray, quantile: float = SPLIT_QUANTILE,
-           max_copies: int = MAX_COPIES) -> tuple[np.ndarray, float]:
-    """Copies per channel: enough to bring each channel under the layer's quantile."""
-    t = float(np.quantile(maxima, quantile)) if len(maxima) else 0.0
-    if not t > 0:
-        return np.ones(len(maxima), dtype=int), t
-    return np.clip(np.ceil(maxima / t), 1, max_copies).astype(int), t
+def copies(maxima: np.ndarray, max_copies: int = MAX_COPIES,
+           max_extra: float = float("inf")) -> tuple[np.ndarray, float, float]:
+    """(copies per channel, threshold T, error ratio) minimizing the layer's int8 rounding
+    error, with at most ``max_extra`` added channels.
+
+    Copies of a channel are identical tensors, so they round identically: the consumer's
+    sum of k copies carries k times one copy's rounding error. With the tensor's range
+    brought from M down to T, a channel's absolute error scales with k_c * T, so the layer's
+    error variance relative to no split is  T^2 * sum(k_c^2) / (C * M^2). Splitting pays
+    only when a few channels stand far above the rest; with maxima all alike (ratio >= 1)
+    it would make the int8 model worse, so it is not done."""
+    import numpy as np
+    m = np.asarray(maxima, dtype=np.float64)
+    top = float(m.max()) if len(m) else 0.0
+    none = (np.ones(len(m), dtype=int), top, 1.0)
+    if not top > 0:
+        return none
+    best = none
+    cands = {top / j for j in range(1, max_copies + 1)}
+    cands |= {float(v) / j for v in m for j in range(1, max_copies + 1)}
+    for t in sorted(c for c in cands if top / max_copies <= c < top):
+        k = np.maximum(np.ceil(m / t - 1e-9), 1).astype(int)
+        if k.max() > max_copies or (k - 1).sum() > max_extra:
+            continue
+        ratio = t * t * float((k * k).sum()) / (len(m) * top * top)
+        if ratio < best[2]:
+            best = (k, t, ratio)
+    return best
 
 
 # --------------------------------------------------------------------------- rewrite
@@ -184,6 +218,7 @@ def copies(maxima: np.ndarray, quantile: float = SPLIT_QUANTILE,
 def apply_split(model: Any, plan: dict[str, tuple[np.ndarray, list[str]]]) -> Any:
     """A copy of ``model`` with producer channel c replaced by copies[c] copies of 1/copies[c]
     of it, and every consumer's input weights duplicated to match. Exact in float."""
+    import numpy as np
     import keras
     new_filters = {p: int(k.sum()) for p, (k, _) in plan.items()}
 
@@ -209,6 +244,7 @@ def apply_split(model: Any, plan: dict[str, tuple[np.ndarray, list[str]]]) -> An
 
 
 def _max_rel_diff(a: Any, b: Any, images: np.ndarray) -> float:
+    import numpy as np
     ya, yb = _call(a, images), _call(b, images)
     ya = ya if isinstance(ya, (list, tuple)) else [ya]
     yb = yb if isinstance(yb, (list, tuple)) else [yb]
@@ -220,15 +256,19 @@ def _max_rel_diff(a: Any, b: Any, images: np.ndarray) -> float:
 
 
 def split_outlier_channels(model: Any, images: np.ndarray, budget: float = MAC_BUDGET,
-                           quantile: float = SPLIT_QUANTILE, max_copies: int = MAX_COPIES,
+                           max_copies: int = MAX_COPIES, param_budget: float = PARAM_BUDGET,
                            progress: Progress | None = None) -> tuple[Any, SplitReport]:
     """(model with outlier channels split, report). Candidates are taken in graph order,
-    the high-resolution layers first, while the extra MACs stay within ``budget``; the
+    the high-resolution layers first, while the extra MACs stay within ``budget`` and the
+    extra weights within ``param_budget``; the
     result is checked against the original in float and discarded if it differs."""
+    import numpy as np
     say = progress or (lambda _m: None)
     report = SplitReport()
     convs = [l for l in model.layers if hasattr(l, "kernel_size") and hasattr(l, "filters")]
     report.model_macs = float(sum(conv_macs(l) for l in convs))
+    report.model_params = float(sum(sum(int(np.prod(w.shape)) for w in l.weights)
+                                    for l in convs))
     cands = find_candidates(model)
     if not cands or budget <= 0 or len(images) == 0:
         report.skipped = "no candidate layers" if not cands else "disabled"
@@ -237,23 +277,28 @@ def split_outlier_channels(model: Any, images: np.ndarray, budget: float = MAC_B
     maxima = channel_maxima(model, [c.producer for c in cands], x)
     plan: dict[str, tuple[np.ndarray, list[str]]] = {}
     for cand, m in zip(cands, maxima):
-        k, t = copies(m, quantile, max_copies)
-        extra = float((k - 1).sum()) * cand.macs_per_channel
-        if not (k > 1).any() or report.extra_macs + extra > budget * report.model_macs:
+        room = min(
+            (budget * report.model_macs - report.extra_macs) / cand.macs_per_channel,
+            (param_budget * report.model_params - report.extra_params) / cand.params_per_channel)
+        k, t, ratio = copies(m, max_copies, max_extra=room)
+        if not ratio <= MAX_ERROR_RATIO:
             continue
         plan[cand.producer] = (k, cand.consumers)
-        report.extra_macs += extra
+        report.extra_macs += float((k - 1).sum()) * cand.macs_per_channel
+        report.extra_params += float((k - 1).sum()) * cand.params_per_channel
         report.layers[cand.producer] = {
             "channels": [int(len(k)), int(k.sum())], "threshold": round(t, 3),
-            "max": round(float(m.max()), 3), "consumers": list(cand.consumers)}
+            "max": round(float(m.max()), 3), "error_ratio": round(ratio, 3),
+            "copies": {int(c): int(n) for c, n in enumerate(k) if n > 1},
+            "consumers": list(cand.consumers)}
     if not plan:
-        report.skipped = "no layer fits the budget"
+        report.skipped = "no layer gains within the budget"
         return model, report
     new = apply_split(model, plan)
     diff = _max_rel_diff(model, new, x[:2])
     if not diff <= FLOAT_TOLERANCE:  # never ship a changed float function
         report.skipped = f"split model differs in float (relative {diff:.2e})"
-        report.layers, report.extra_macs = {}, 0.0
+        report.layers, report.extra_macs, report.extra_params = {}, 0.0, 0.0
         say(f"int8: channel split {report.skipped}; not applied")
         return model, report
     what = ", ".join(f"{p} {v['channels'][0]}->{v['channels'][1]}"

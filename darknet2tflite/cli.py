@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .channel_split import MAC_BUDGET
 from .errors import UserError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -138,6 +139,11 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float-fallback", type=int, default=0, metavar="N",
                    help="also write model.int8-fallback.tflite with the N most "
                         "quantization-sensitive layers kept float, and report what it buys")
+    p.add_argument("--channel-split", type=float, default=MAC_BUDGET, metavar="BUDGET",
+                   help="split outlier channels of early layers before int8 calibration "
+                        "(exact in float, finer int8 steps) while the extra multiply-"
+                        "accumulates stay within BUDGET x the model's; 0 turns it off "
+                        "(default: %(default)s)")
     p.add_argument("--variants", default="", help="comma list of float16,dynamic,int16x8")
     p.add_argument("--backend", choices=("direct", "onnx2tf", "both"), default="direct",
                    help="int8 conversion route: TFLiteConverter (direct), Keras -> ONNX -> "

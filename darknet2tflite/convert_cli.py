@@ -74,6 +74,9 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         raise UserError(f"--calibration-limit {args.calibration_limit}: must be >= 1")
     if args.eval_annotations is not None and args.eval_images is None:
         raise UserError("--eval-annotations needs --eval-images (the annotated images)")
+    if not 0.0 <= args.channel_split <= 1.0:
+        raise UserError(f"--channel-split {args.channel_split}: expected a fraction of the "
+                        "model's multiply-accumulates within 0..1 (0 = off)")
     return {
         "cfg": _file(args.cfg, "cfg"),
         "weights": _file(args.weights, "weights"),
@@ -85,6 +88,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         "input_type": args.input_type,
         "calibration_limit": args.calibration_limit,
         "float_fallback": args.float_fallback,
+        "channel_split": args.channel_split,
         "variants": ",".join(variants),
         "backend": args.backend,
         "images": _dir(args.images, "--images"),

@@ -768,7 +768,8 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
                  variants: Sequence[str] = (), float_fallback: int = 0,
                  progress: Progress | None = print, *, calibration_limit: int | None = 500,
                  eval_fraction: float = 0.5, ranges: str = "mse", latency_runs: int = 20,
-                 draw: int = 4, cross_validate: bool = True) -> dict[str, Any]:
+                 draw: int = 4, cross_validate: bool = True,
+                 channel_split: float | None = None) -> dict[str, Any]:
     """Darknet cfg+weights -> calibrated full-integer int8 TFLite, evaluated.
 
     Writes into ``out_dir`` (all or nothing: staged in a sibling temp folder and moved in
@@ -788,6 +789,8 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
     say = progress or (lambda _m: None)
     opts = QuantizeOptions(input_type=input_type, ranges=ranges, variants=tuple(variants),
                            float_fallback=float_fallback)
+    if channel_split is not None:  # None: channel_split.MAC_BUDGET
+        opts.channel_split = channel_split
     opts.validate()
     for p, what in ((cfg_path, "cfg"), (weights_path, "weights"), (names, "names file"),
                     (eval_annotations, "evaluation annotations")):

@@ -32,6 +32,7 @@ from prefect.artifacts import (acreate_markdown_artifact, acreate_table_artifact
                                create_markdown_artifact, create_table_artifact)
 from prefect.runtime import flow_run as runtime_flow_run
 
+from darknet2tflite.channel_split import MAC_BUDGET
 from darknet2tflite.errors import UserError
 from darknet2tflite.store import ArtifactStore
 from flows.runners import make_task_runner
@@ -81,7 +82,8 @@ def _variants(spec: str | None) -> list[str]:
 def convert(cfg: str, weights: str, out: str, calibration: str,
             eval_annotations: Optional[str] = None, eval_images: Optional[str] = None,
             names: Optional[str] = None, input_type: Literal["uint8", "int8"] = "uint8",
-            calibration_limit: int = 500, float_fallback: int = 0, variants: str = "",
+            calibration_limit: int = 500, float_fallback: int = 0,
+            channel_split: float = MAC_BUDGET, variants: str = "",
             backend: Literal["direct", "onnx2tf", "both"] = "direct",
             images: Optional[str] = None, store: Optional[str] = None,
             from_stage: Optional[str] = None, target: str = "int8",
@@ -103,6 +105,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
         input_type: int8 model input type (uint8: raw pixels, scale 1/255, zero point 0).
         calibration_limit: use at most this many calibration images.
         float_fallback: keep up to N most quantization-sensitive layers in float.
+        channel_split: extra MACs (fraction of the model's) allowed for splitting outlier
+            channels of early layers before int8 calibration; 0 turns it off.
         variants: comma list of extra variants: float16, dynamic, int16x8.
         backend: int8 backend: direct (TFLiteConverter), onnx2tf, or both (keep the better).
         images: images for the float parity check and probe (default: data/samples).
@@ -174,7 +178,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                  eval_annotations=eval_annotations,
                  wait_for=[futures["rewrite"], futures["parity"]], **kw)
     futures["quantize"] = t.submit(mode="int8", input_type=input_type,
-                                   float_fallback=float_fallback, backend=backend, **qopts)
+                                   float_fallback=float_fallback, channel_split=channel_split,
+                                   backend=backend, **qopts)
     for v in _variants(variants):
         futures[f"quantize[{v}]"] = t.submit(mode=v, **qopts)
     results["quantize"] = futures["quantize"].result()

@@ -29,12 +29,17 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
                       eval_annotations=p.get("eval_annotations"))
         options.update(calibration_limit=p.get("calibration_limit"))
     if mode == "int8":
-        from darknet2tflite.channel_split import MAC_BUDGET
         options.update(input_type=p.get("input_type") or "uint8",
                        float_fallback=int(p.get("float_fallback") or 0),
                        backend=p.get("backend") or "direct", ranges=RANGES,
-                       channel_split=MAC_BUDGET)
+                       channel_split=split_budget(p))
     return inputs, options
+
+
+def split_budget(p: Mapping[str, Any]) -> float:
+    from darknet2tflite.channel_split import MAC_BUDGET
+    v = p.get("channel_split")
+    return MAC_BUDGET if v is None else float(v)
 
 
 def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
@@ -84,7 +89,8 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
                                           p.get("eval_annotations"), p.get("calibration_limit"),
                                           Path(td) / "calibration.npy")
         opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
-                               float_fallback=int(p.get("float_fallback") or 0))
+                               float_fallback=int(p.get("float_fallback") or 0),
+                               channel_split=split_budget(p))
         paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
                                       artifact(rw, "meta"), out, opts, progress=log)
     cal = calib.to_dict()
@@ -123,7 +129,8 @@ def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
       task_run_name="quantize-{mode}", **TASK_OPTIONS)
 def quantize(cfg: str, rewrite: dict, calibration: str, mode: str = "int8",
              calibration_limit: int | None = 500, input_type: str = "uint8",
-             float_fallback: int = 0, backend: str = "direct",
+             float_fallback: int = 0, channel_split: float | None = None,
+             backend: str = "direct",
              eval_images: str | None = None, eval_annotations: str | None = None,
              store: str | None = None, refresh: bool = False, require_cached: bool = False):
     p = locals()

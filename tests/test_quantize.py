@@ -91,6 +91,17 @@ def _check_report(out: Path, report: dict) -> None:
     conv = doc["conversion"]
     assert conv["seconds"] > 0 and conv["memory"]["peak_mb"] > 0
     assert conv["calibration_images"] > 0
+    # outlier channels of the first (208/416-pixel) layer are split, within the MAC budget,
+    # and the int8 model really has the extra channels
+    split = conv["channel_split"]
+    assert "L000_conv" in split["layers"] and 0 < split["extra_mac_fraction"] <= 0.15
+    before, after = split["layers"]["L000_conv"]["channels"]
+    assert after > before
+    from darknet2tflite.quantize import _tname, _to_obj
+    g = _to_obj((out / "model.int8.tflite").read_bytes()).subgraphs[0]
+    shapes = {_tname(t): list(t.shape) for t in g.tensors}
+    assert any("L000_leaky" in n and s[-1] == after for n, s in shapes.items())
+    assert "outlier channels split | L000_conv" in (out / "report.md").read_text()
     ev = doc["evaluation"]
     rows = ev["heads"]["int8"]
     assert len(rows) == 2
