@@ -95,6 +95,14 @@ def bench_model(name: str, images: Path, annotations: Path, names_path: Path,
     return row
 
 
+def cross_folds(images: Path, annotations: Path) -> list[tuple[list, list]]:
+    """(calibration exclude, evaluation) pairs of the product's own 2-fold split
+    (quantize.plan_images: the shipped model's held-out half, then the swapped fold)."""
+    from darknet2tflite.quantize import plan_images
+    plan = plan_images(images, images, annotations)
+    return [(plan["exclude"], plan["eval"])] + [(f["exclude"], f["eval"]) for f in plan["cross"]]
+
+
 def bench_layouts(name: str, images: Path, annotations: Path, names_path: Path,
                   progress) -> list[dict]:
     """Cross-calibrated AP of each head-split layout (and none) with identical settings."""
@@ -106,7 +114,7 @@ def bench_layouts(name: str, images: Path, annotations: Path, names_path: Path,
     from darknet2tflite.metadata import decode_metadata, read_names
     from darknet2tflite.export import head_groups
     from darknet2tflite.quantize import (QuantizeOptions, int8_from_keras,
-                                         int8_rules, plan_images, tflite_head_outputs)
+                                         int8_rules, tflite_head_outputs)
     from darknet2tflite.rewrites import load_rules
     from darknet2tflite.rewrites.head_split import LAYOUTS
     from darknet2tflite.weights import read_weights
@@ -114,8 +122,7 @@ def bench_layouts(name: str, images: Path, annotations: Path, names_path: Path,
     cfg = parse_cfg(cfg_path)
     weights = read_weights(w_path, cfg)
     meta = decode_metadata(cfg, read_names(names_path))
-    plan = plan_images(images, images, annotations)
-    folds = [(plan["exclude"], plan["eval"])] + [(f["exclude"], f["eval"]) for f in plan["cross"]]
+    folds = cross_folds(images, annotations)
     arrays = [load_calibration(calibrate(cfg, images, None, 500, exclude=ex, progress=None).npy)
               for ex, _ in folds]
     evals = [load_eval_images(ev, meta) for _, ev in folds]

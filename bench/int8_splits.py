@@ -17,29 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-warnings.filterwarnings("ignore")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared"
-MODELS = {
-    "yolov4-tiny": ("darknet/cfg/yolov4-tiny.cfg", "darknet/weights/yolov4-tiny.weights"),
-    "yolov3-tiny": ("darknet/cfg/yolov3-tiny.mask123.cfg", "darknet/weights/yolov3-tiny.weights"),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# same models, shared paths, folds and environment set-up (TF log level, repo on sys.path)
+from accuracy import MODELS, SHARED, cross_folds  # noqa: E402
 
 
 def folds_for(seed: int, images: Path, annotations: Path) -> list[tuple[list, list]]:
     """(calibration exclude, evaluation) pairs of one 2-fold split."""
     import numpy as np
-    from darknet2tflite.quantize import plan_images
-    plan = plan_images(images, images, annotations)
-    folds = [(plan["exclude"], plan["eval"])] + [(f["exclude"], f["eval"]) for f in plan["cross"]]
+    folds = cross_folds(images, annotations)
     if seed == 0:
         return folds
     every = sorted({str(p) for _, ev in folds for p in ev})

@@ -51,7 +51,6 @@ class Candidate:
     consumers: list[str]
     macs_per_channel: float       # producer per output channel + consumers per input channel
     params_per_channel: float     # the same for weights
-    maxima: np.ndarray | None = None
 
 
 @dataclass
@@ -162,10 +161,13 @@ def find_candidates(model: Any) -> list[Candidate]:
 
 # --------------------------------------------------------------------------- statistics
 
-def _call(model: Any, x: np.ndarray) -> Any:
-    """Run a single-input model eagerly, passing ``x`` in the structure it was built with."""
+def _outputs(model: Any, x: np.ndarray) -> list[np.ndarray]:
+    """Run a single-input model eagerly (``x`` passed in the structure it was built with);
+    its outputs as a list of arrays."""
+    import numpy as np
     struct = getattr(model, "_inputs_struct", None)
-    return model([x] if isinstance(struct, (list, tuple)) else x, training=False)
+    y = model([x] if isinstance(struct, (list, tuple)) else x, training=False)
+    return [np.asarray(o) for o in (y if isinstance(y, (list, tuple)) else [y])]
 
 
 def channel_maxima(model: Any, names: Sequence[str], images: np.ndarray) -> list[np.ndarray]:
@@ -175,10 +177,8 @@ def channel_maxima(model: Any, names: Sequence[str], images: np.ndarray) -> list
     sub = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
     acc: list[np.ndarray | None] = [None] * len(names)
     for i in range(len(images)):
-        outs = _call(sub, images[i:i + 1].astype(np.float32))
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for j, o in enumerate(outs):
-            m = np.abs(np.asarray(o)).reshape(-1, o.shape[-1]).max(axis=0)
+        for j, o in enumerate(_outputs(sub, images[i:i + 1].astype(np.float32))):
+            m = np.abs(o).reshape(-1, o.shape[-1]).max(axis=0)
             acc[j] = m if acc[j] is None else np.maximum(acc[j], m)
     return [a if a is not None else np.zeros(0) for a in acc]
 
@@ -245,12 +245,8 @@ def apply_split(model: Any, plan: dict[str, tuple[np.ndarray, list[str]]]) -> An
 
 def _max_rel_diff(a: Any, b: Any, images: np.ndarray) -> float:
     import numpy as np
-    ya, yb = _call(a, images), _call(b, images)
-    ya = ya if isinstance(ya, (list, tuple)) else [ya]
-    yb = yb if isinstance(yb, (list, tuple)) else [yb]
     worst = 0.0
-    for u, v in zip(ya, yb):
-        u, v = np.asarray(u), np.asarray(v)
+    for u, v in zip(_outputs(a, images), _outputs(b, images)):
         worst = max(worst, float(np.abs(u - v).max() / max(np.abs(u).max(), 1e-6)))
     return worst
 
@@ -301,8 +297,15 @@ def split_outlier_channels(model: Any, images: np.ndarray, budget: float = MAC_B
         report.layers, report.extra_macs, report.extra_params = {}, 0.0, 0.0
         say(f"int8: channel split {report.skipped}; not applied")
         return model, report
-    what = ", ".join(f"{p} {v['channels'][0]}->{v['channels'][1]}"
-                     for p, v in report.layers.items())
-    say(f"int8: split outlier channels of {len(plan)} layer(s) ({what}), "
-        f"+{100 * report.extra_macs / report.model_macs:.1f} % MACs")
+    say(f"int8: split outlier channels of {len(plan)} layer(s) ({describe(report.to_dict())})")
     return new, report
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for logs and report.md, from ``SplitReport.to_dict()`` (also as read back
+    from report.json)."""
+    if not report.get("layers"):
+        return f"none ({report.get('skipped')})"
+    what = ", ".join(f"{p} {v['channels'][0]}->{v['channels'][1]}"
+                     for p, v in report["layers"].items())
+    return f"{what}, +{100 * report.get('extra_mac_fraction', 0):.1f} % MACs"

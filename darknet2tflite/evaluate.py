@@ -349,14 +349,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         for k, label in labels.items():
             if k in conv:
                 L.append(f"| {label} | {_fmt(conv[k])} |")
-        cs = conv.get("channel_split") or {}
-        if cs.get("layers"):
-            what = ", ".join(f"{k} {v['channels'][0]}->{v['channels'][1]}"
-                             for k, v in cs["layers"].items())
-            L.append(f"| outlier channels split | {what} "
-                     f"(+{100 * cs.get('extra_mac_fraction', 0):.1f} % MACs) |")
-        elif cs:
-            L.append(f"| outlier channels split | none ({cs.get('skipped')}) |")
+        if conv.get("channel_split"):
+            from .channel_split import describe
+            L.append(f"| outlier channels split | {describe(conv['channel_split'])} |")
         mem = conv.get("memory") or {}
         if mem:
             L.append(f"| peak RSS (MB) | {_fmt(mem.get('peak_mb'), 0)} "

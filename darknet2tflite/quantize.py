@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .channel_split import MAC_BUDGET
 from .errors import InputError, UserError
 
 Progress = Callable[[str], None]
@@ -66,7 +67,7 @@ class QuantizeOptions:
     calibration_limit: int | None = None  # use only the first N images of the array
     debug_images: int = 16               # images for QuantizationDebugger layer stats
     #: extra MACs allowed for outlier channel splitting (channel_split.py); 0 turns it off
-    channel_split: float = field(default_factory=lambda: _default_split_budget())
+    channel_split: float = MAC_BUDGET
 
     def validate(self) -> None:
         if self.input_type not in ("uint8", "int8"):
@@ -82,11 +83,6 @@ class QuantizeOptions:
         if not 0.0 <= self.channel_split <= 1.0:
             raise InputError(f"channel split budget must be within 0..1 (fraction of the "
                              f"model's MACs), got {self.channel_split}")
-
-
-def _default_split_budget() -> float:
-    from .channel_split import MAC_BUDGET
-    return MAC_BUDGET
 
 
 # --------------------------------------------------------------------------- model build
@@ -769,7 +765,7 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
                  progress: Progress | None = print, *, calibration_limit: int | None = 500,
                  eval_fraction: float = 0.5, ranges: str = "mse", latency_runs: int = 20,
                  draw: int = 4, cross_validate: bool = True,
-                 channel_split: float | None = None) -> dict[str, Any]:
+                 channel_split: float = MAC_BUDGET) -> dict[str, Any]:
     """Darknet cfg+weights -> calibrated full-integer int8 TFLite, evaluated.
 
     Writes into ``out_dir`` (all or nothing: staged in a sibling temp folder and moved in
@@ -788,9 +784,7 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
 
     say = progress or (lambda _m: None)
     opts = QuantizeOptions(input_type=input_type, ranges=ranges, variants=tuple(variants),
-                           float_fallback=float_fallback)
-    if channel_split is not None:  # None: channel_split.MAC_BUDGET
-        opts.channel_split = channel_split
+                           float_fallback=float_fallback, channel_split=channel_split)
     opts.validate()
     for p, what in ((cfg_path, "cfg"), (weights_path, "weights"), (names, "names file"),
                     (eval_annotations, "evaluation annotations")):

@@ -31,8 +31,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
-from flows.convert import convert
 from darknet2tflite.channel_split import MAC_BUDGET
+from flows.convert import convert
 from flows.runners import make_task_runner
 
 #: manifest keys a model entry may set (the convert flow's parameters)

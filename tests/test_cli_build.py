@@ -93,17 +93,13 @@ def test_weights_fetch_cli(tmp_path: Path) -> None:
     assert r.returncode == 2 and "unknown model" in r.stderr
 
 
-def test_convert_rejects_a_bad_channel_split_budget(tmp_path: Path, yolov3_tiny,
-                                                    sample_images) -> None:
+@pytest.mark.parametrize("option, value, message", [
+    ("--channel-split", "2", "--channel-split 2.0"),
+    ("--task-runner", "spark", "task runner 'spark'")])
+def test_convert_rejects_a_bad_option_before_any_work(tmp_path: Path, yolov3_tiny,
+                                                      sample_images, option, value,
+                                                      message) -> None:
     r = run("convert", yolov3_tiny[0], yolov3_tiny[1], "--out", tmp_path / "o",
-            "--calibration", sample_images, "--store", tmp_path / "s", "--channel-split", "2")
-    assert r.returncode == 2 and "--channel-split 2.0" in r.stderr, r.stderr
-    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
-
-
-def test_convert_rejects_an_unknown_task_runner_before_any_work(tmp_path: Path, yolov3_tiny,
-                                                                sample_images) -> None:
-    r = run("convert", yolov3_tiny[0], yolov3_tiny[1], "--out", tmp_path / "o",
-            "--calibration", sample_images, "--store", tmp_path / "s", "--task-runner", "spark")
-    assert r.returncode == 2 and "task runner 'spark'" in r.stderr, r.stderr
+            "--calibration", sample_images, "--store", tmp_path / "s", option, value)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
