@@ -5,13 +5,15 @@ DAG (each name a cached stage task, see tasks/)::
     parse ─┬─> build ──> parity ──┐ (float parity must pass before anything is quantized)
            │                      v
            └─> probe ──> rewrite ─┬─> quantize int8 ─────────┬─> evaluate ─> report ─> deliver
+                                  ├─> quantize int8 fold 2 ──┤  (evaluation photos among the
+                                  │                          │   calibration photos)
                                   └─> quantize float16/... ──┘  (variants: --variants)
 
 (``deliver`` copies the deliverables from the store into ``out``; it is never cached.)
 
 Independent stages are submitted together and run concurrently on the task runner (local
 threads by default, Dask on request; see flows/runners.py): build || probe, parity || rewrite,
-int8 || the other variants.  Every stage's artifacts live in the content-addressed store, so a
+int8 || its swapped calibration fold || the other variants.  Every stage's artifacts live in the content-addressed store, so a
 re-run with identical inputs is all "Cached", a changed or damaged input recomputes exactly the
 stages whose inputs changed, and ``from_stage`` forces one stage and all later ones to recompute
 while the earlier ones must come from the store.
@@ -37,6 +39,7 @@ from darknet2tflite.errors import UserError
 from darknet2tflite.store import ArtifactStore
 from flows.runners import make_task_runner
 from tasks._common import STAGES, artifact, read_json, result_storage, store_root
+from tasks.quantize import has_cross_fold
 
 VARIANTS = ("float16", "dynamic", "int16x8")
 
@@ -182,14 +185,24 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                                    backend=backend, **qopts)
     for v in _variants(variants):
         futures[f"quantize[{v}]"] = t.submit(mode=v, **qopts)
+    # evaluation photos that are also calibration photos: the swapped calibration fold, so
+    # AP covers every annotated photo, each scored by an int8 model that never saw it
+    if has_cross_fold(calibration, eval_images, eval_annotations):
+        fold2 = t.with_options(task_run_name="quantize-int8-fold2")
+        futures["quantize[fold2]"] = fold2.submit(
+            mode="int8", fold=2, input_type=input_type, channel_split=channel_split,
+            backend=backend, **qopts)
     results["quantize"] = futures["quantize"].result()
     variant_payloads = {}
     for v in _variants(variants):
         results[f"quantize[{v}]"] = variant_payloads[v] = futures[f"quantize[{v}]"].result()
+    if "quantize[fold2]" in futures:
+        results["quantize[fold2]"] = futures["quantize[fold2]"].result()
 
     t, kw = stage(evaluate_task, "evaluate")
     futures["evaluate"] = t.submit(cfg=cfg, quantize=results["quantize"],
                                    rewrite=results["rewrite"], variants=variant_payloads,
+                                   cross=results.get("quantize[fold2]"),
                                    calibration=calibration, eval_images=eval_images,
                                    eval_annotations=eval_annotations,
                                    wait_for=[f for k, f in futures.items()

@@ -1,6 +1,7 @@
 """evaluate: float32 vs int8 (and variants) on the held-out / evaluation images -> report.json
-(conversion facts + evaluation: head SQNR, AP/AP50 with annotations, sizes, latency) and
-side-by-side detection images."""
+(conversion facts + evaluation: head SQNR, AP/AP50 with annotations, sizes, latency; with
+``cross``, the swapped calibration fold's int8 model, AP over both folds) and side-by-side
+detection images."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,6 +29,9 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
               "eval_annotations": p.get("eval_annotations")}
     for v, vp in sorted((p.get("variants") or {}).items()):
         inputs[f"variant_{v}"] = artifact(vp, f"tflite_{v}")
+    if artifact(p.get("cross"), "tflite_int8"):
+        inputs.update(cross_int8=artifact(p["cross"], "tflite_int8"),
+                      cross_plan=artifact(p["cross"], "plan"))
     return inputs, {"latency_runs": LATENCY_RUNS, "draw": DRAW}
 
 
@@ -51,9 +55,14 @@ def evaluate_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     for other in ("direct", "onnx2tf"):  # --backend both: the model that did not ship
         if artifact(q, f"tflite_int8_{other}"):
             extra[f"int8-{other}"] = artifact(q, f"tflite_int8_{other}")
+    cross = []
+    if artifact(p.get("cross"), "tflite_int8"):  # the swapped calibration fold's model
+        cross_plan = read_json(artifact(p["cross"], "plan"))
+        cross = [(artifact(p["cross"], "tflite_int8"), [Path(x) for x in cross_plan["eval"]])]
     ev = evaluate(artifact(rw, "tflite_float32"), artifact(q, "tflite_int8"), artifact(q, "meta"),
                   [Path(x) for x in plan["eval"]], p.get("eval_annotations"), out,
-                  extra_models=extra, latency_runs=LATENCY_RUNS, draw=DRAW, progress=log)
+                  extra_models=extra, latency_runs=LATENCY_RUNS, draw=DRAW, cross=cross,
+                  progress=log)
     files = {"keras": artifact(rw, "keras"), "tflite_float32": artifact(rw, "tflite_float32"),
              "tflite_int8": artifact(q, "tflite_int8"), "meta": artifact(q, "meta"),
              **{f"tflite_{k}": v for k, v in extra.items()}}
@@ -95,6 +104,7 @@ def evaluation_rows(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 @task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
       **TASK_OPTIONS)
 def evaluate(cfg: str, quantize: dict, rewrite: dict, variants: dict | None = None,
+             cross: dict | None = None,
              calibration: str | None = None, eval_images: str | None = None,
              eval_annotations: str | None = None, store: str | None = None,
              refresh: bool = False, require_cached: bool = False):

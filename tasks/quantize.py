@@ -1,7 +1,12 @@
 """quantize: calibrate on the image folder and convert the rewritten model to full-integer
 int8 (mode "int8": model.int8.tflite, model.json, quantize.json, plan.json, optionally
 model.int8-fallback.tflite) or to one extra variant (mode float16 / dynamic / int16x8:
-model.<mode>.tflite), so the variants convert concurrently with the int8 model."""
+model.<mode>.tflite), so the variants convert concurrently with the int8 model.
+
+``fold=2`` is the swapped calibration fold (int8 only): when the evaluation photos are also
+calibration photos, the shipped model (fold 1) is calibrated without one half and scored on
+it; the fold-2 model is calibrated without the other half, so evaluate can score every
+annotated photo with an int8 model that never saw it (quantize.plan_images)."""
 from __future__ import annotations
 
 import json
@@ -23,6 +28,8 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
     mode = p.get("mode") or "int8"
     inputs = {"cfg": p["cfg"], "keras": artifact(rw, "keras"), "meta": artifact(rw, "meta")}
     options: dict[str, Any] = {"mode": mode}
+    if int(p.get("fold") or 1) != 1:
+        options["fold"] = int(p["fold"])
     if mode in ("int8", "int16x8"):
         # which images calibrate depends on the evaluation set too (held-out split)
         inputs.update(calibration=p["calibration"], eval_images=p.get("eval_images"),
@@ -43,15 +50,39 @@ def split_budget(p: Mapping[str, Any]) -> float:
 
 
 def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
-                        eval_annotations: str | None, limit: int | None, npy: Path):
+                        eval_annotations: str | None, limit: int | None, npy: Path,
+                        fold: int = 1):
+    """(plan, calibration set) of ``fold``: 1 the shipped model's, 2 the swapped one's
+    (its plan's "eval" are the photos it must score; calibration set None if there is no
+    second fold, i.e. no evaluation photo is a calibration photo)."""
     from darknet2tflite.calibration import calibrate
     from darknet2tflite.quantize import plan_images
 
     plan = plan_images(calibration, eval_images, eval_annotations)
+    if fold != 1:
+        folds = plan["cross"]
+        if len(folds) < fold - 1:
+            return dict(plan, eval=[], exclude=[], warnings=[]), None
+        plan = dict(plan, **folds[fold - 2], warnings=[])
     for w in plan["warnings"]:
         log(f"warning: {w}")
     calib = calibrate(cfg, calibration, npy, limit, exclude=plan["exclude"], progress=log)
     return plan, calib
+
+
+def has_cross_fold(calibration: str, eval_images: str | None,
+                   eval_annotations: str | None) -> bool:
+    """Whether a fold-2 model is worth converting: annotated evaluation photos that are
+    also calibration photos (listing files only; input errors are left to the stage)."""
+    from darknet2tflite.errors import UserError
+    from darknet2tflite.quantize import plan_images
+
+    if not (eval_images and eval_annotations):
+        return False
+    try:
+        return bool(plan_images(calibration, eval_images, eval_annotations)["cross"])
+    except UserError:
+        return False
 
 
 def check_backend(backend: str | None) -> None:
@@ -84,16 +115,26 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     backend = p.get("backend") or "direct"
     check_backend(backend)
     rw = p["rewrite"]
+    fold = int(p.get("fold") or 1)
+    paths: dict[str, Path] = {}
     with scratch(out) as td:
         plan, calib = _plan_and_calibrate(p["cfg"], p["calibration"], p.get("eval_images"),
                                           p.get("eval_annotations"), p.get("calibration_limit"),
-                                          Path(td) / "calibration.npy")
-        opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
-                               float_fallback=int(p.get("float_fallback") or 0),
-                               channel_split=split_budget(p))
-        paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
-                                      artifact(rw, "meta"), out, opts, progress=log)
-    cal = calib.to_dict()
+                                          Path(td) / "calibration.npy", fold)
+        if calib is not None:
+            if fold != 1:
+                log(f"cross-calibration fold {fold}: int8 model calibrated without the "
+                    f"{len(plan['eval'])} photos it will score")
+            opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
+                                   # the fallback model is a deliverable of the shipped fold only
+                                   float_fallback=int(p.get("float_fallback") or 0)
+                                   if fold == 1 else 0,
+                                   channel_split=split_budget(p))
+            paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
+                                          artifact(rw, "meta"), out, opts, progress=log)
+        else:
+            log(f"fold {fold}: no evaluation photo is a calibration photo, nothing to convert")
+    cal = calib.to_dict() if calib is not None else {"images": 0, "skipped": []}
     cal.pop("npy", None)
     (out / "plan.json").write_text(json.dumps({
         "eval": [str(x) for x in plan["eval"]], "exclude": [str(x) for x in plan["exclude"]],
@@ -130,7 +171,7 @@ def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
 def quantize(cfg: str, rewrite: dict, calibration: str, mode: str = "int8",
              calibration_limit: int | None = 500, input_type: str = "uint8",
              float_fallback: int = 0, channel_split: float | None = None,
-             backend: str = "direct",
+             backend: str = "direct", fold: int = 1,
              eval_images: str | None = None, eval_annotations: str | None = None,
              store: str | None = None, refresh: bool = False, require_cached: bool = False):
     p = locals()

@@ -271,6 +271,37 @@ def test_from_stage_recomputes_that_stage_and_later_ones(first_run, base_params,
                                                "quantize", "quantize[float16]"))
 
 
+@pytest.mark.slow
+def test_evaluation_photos_among_calibration_photos_add_the_swapped_fold(
+        first_run, base_params, work):
+    """Evaluating on the calibration folder itself: the shipped model is calibrated without
+    one half and scored on it, the fold-2 model without the other half, and the targets are
+    judged on AP over all annotated photos (issue 4: no int8 model scores its own
+    calibration photos)."""
+    calib = base_params["calibration"]
+    params = dict(base_params, eval_images=calib, variants="", out=str(work / "out-cross"))
+    result = run_convert(params).result()
+    st = states(result)
+    assert st["quantize[fold2]"] == "Completed" and st["quantize"] == "Completed"
+    plan1 = json.loads(entry_file(result, "quantize", "plan").read_text())
+    plan2 = json.loads(entry_file(result, "quantize[fold2]", "plan").read_text())
+    photos = {p.name for p in Path(calib).glob("*.jpg")}
+    held1, held2 = ({Path(x).name for x in pl["eval"]} for pl in (plan1, plan2))
+    assert held1 and held2 and not held1 & held2 and held1 | held2 == photos
+    assert {Path(x).name for x in plan2["exclude"]} == held2  # never calibrated on its photos
+    assert plan1["calibration"]["images"] == len(photos) - len(held1)
+    assert plan2["calibration"]["images"] == len(photos) - len(held2)
+    report = json.loads((Path(params["out"]) / "report.json").read_text())
+    cross = report["evaluation"]["ap_cross"]
+    assert (cross["folds"], cross["images"]) == (2, len(photos))
+    assert report["evaluation"]["ap"]["int8"]["images"] == len(held1)
+    assert any("cross-calibrated, 8 images" in t["name"] for t in report["targets"])
+    assert "Cross-calibrated (2 folds" in (Path(params["out"]) / "report.md").read_text()
+    # the fold is a cached stage like the others
+    again = run_convert(params).result()
+    assert set(states(again).values()) == {"Cached"}, states(again)
+
+
 def test_from_stage_without_a_previous_conversion_is_a_user_error(
         prefect_server, yolov3_tiny, coco_split, work, capsys):
     from darknet2tflite.cli import main
