@@ -1,4 +1,5 @@
-"""int8 AP loss over several calibration splits, with and without outlier channel splitting.
+"""int8 AP loss over several calibration splits, per conversion setting (outlier channel
+splitting, mirrored calibration photos).
 
 Why: on 86 photos the cross-calibrated AP loss of one 2-fold split moves by several tenths
 with the split alone (docs/int8.md, "noise floor"), so one split cannot tell whether a
@@ -7,11 +8,14 @@ different random halvings of the annotated photos (seed 0 = the product's own
 ``holdout_split``) and scores each conversion setting on all of them: every photo is scored
 by an int8 model calibrated without it, float32 on the same photos.
 
-Settings (``--budgets``): the outlier channel split budget (extra MACs as a fraction of the
-model's, darknet2tflite/channel_split.py); 0 = off, 0.15 = the default.
+Settings, every combination of ``--budgets``: the outlier channel split budget (extra MACs
+as a fraction of the model's, darknet2tflite/channel_split.py; 0 = off, 0.15 = the default)
+and ``--mirrors``: calibration sets smaller than this are completed with mirrored photos
+(darknet2tflite/augment.py; 0 = off, 256 = the default).
 
 Usage: .venv/bin/python bench/int8_splits.py [--models yolov4-tiny,yolov3-tiny]
-       [--seeds 0,1,2] [--budgets 0,0.15] [--json bench/results/int8_splits.json]
+       [--seeds 0,1,2] [--budgets 0,0.15] [--mirrors 0,256]
+       [--json bench/results/int8_splits.json]
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def folds_for(seed: int, images: Path, annotations: Path) -> list[tuple[list, li
     return [(a, a), (b, b)]          # calibrate without a, score a; and the swap
 
 
-def bench(name: str, seeds: list[int], budgets: list[float], say) -> list[dict]:
+def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say) -> list[dict]:
     import numpy as np
     from darknet2tflite.builder import build_keras
     from darknet2tflite.calibration import calibrate, load_calibration
@@ -70,16 +74,18 @@ def bench(name: str, seeds: list[int], budgets: list[float], say) -> list[dict]:
             fdets += detect(run_tflite(interpreter(fl, 2), batch, m), meta, sizes)
             paths += fp
         fa = _ap(meta, fdets, paths, annotations)
-        for budget in budgets:
+        for budget, mirror in settings:
             t0 = time.perf_counter()
             qdets, split = [], {}
             for arr, (batch, fp, sizes, _) in zip(arrays, evals):
                 data, *_, split = int8_from_keras(model, arr, QuantizeOptions(
-                    channel_split=budget, debug_images=0), lambda _m: None)
+                    channel_split=budget, calibration_mirror=mirror, debug_images=0),
+                    lambda _m: None)
                 m = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
                 qdets += detect(run_tflite(interpreter(data, 2), batch, m), meta, sizes)
             qa = _ap(meta, qdets, paths, annotations)
-            row = {"model": name, "seed": seed, "budget": budget, "images": len(paths),
+            row = {"model": name, "seed": seed, "budget": budget, "mirror": mirror,
+                   "images": len(paths),
                    "float_AP": fa["AP"], "float_AP50": fa["AP50"],
                    "int8_AP": qa["AP"], "int8_AP50": qa["AP50"],
                    "dAP": round(qa["AP"] - fa["AP"], 3), "dAP50": round(qa["AP50"] - fa["AP50"], 3),
@@ -95,10 +101,12 @@ def summary(rows: list[dict]) -> list[dict]:
     import numpy as np
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        for budget in dict.fromkeys(r["budget"] for r in rows):
-            rs = [r for r in rows if r["model"] == model and r["budget"] == budget]
+        for setting in dict.fromkeys((r["budget"], r.get("mirror", 0)) for r in rows):
+            rs = [r for r in rows if r["model"] == model
+                  and (r["budget"], r.get("mirror", 0)) == setting]
             if rs:
-                out.append({"model": model, "budget": budget, "splits": len(rs),
+                out.append({"model": model, "budget": setting[0], "mirror": setting[1],
+                            "splits": len(rs),
                             "mean_AP_loss": round(-float(np.mean([r["dAP"] for r in rs])), 3),
                             "mean_AP50_loss": round(-float(np.mean([r["dAP50"] for r in rs])), 3),
                             "AP_losses": [-r["dAP"] for r in rs],
@@ -111,22 +119,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="yolov4-tiny,yolov3-tiny")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--budgets", default="0,0.15")
+    ap.add_argument("--mirrors", default="0,256")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     if not (SHARED / "images" / "coco" / "instances.json").is_file():
         print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
         return 2
     seeds = [int(s) for s in a.seeds.split(",")]
-    budgets = [float(b) for b in a.budgets.split(",")]
+    settings = [(float(b), int(m)) for b in a.budgets.split(",") for m in a.mirrors.split(",")]
     rows = []
     for name in a.models.split(","):
-        rows += bench(name, seeds, budgets, lambda m: print(m, flush=True))
+        rows += bench(name, seeds, settings, lambda m: print(m, flush=True))
     summ = summary(rows)
-    print("\nmodel        budget  splits  mean AP loss  mean AP50 loss  per split (AP / AP50)")
+    print("\nmodel        budget  mirror  splits  mean AP loss  mean AP50 loss  "
+          "per split (AP / AP50)")
     for s in summ:
         per = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(s["AP_losses"], s["AP50_losses"]))
-        print(f"{s['model']:<12} {s['budget']:<7} {s['splits']:<7} {s['mean_AP_loss']:<13} "
-              f"{s['mean_AP50_loss']:<15} {per}")
+        print(f"{s['model']:<12} {s['budget']:<7} {s['mirror']:<7} {s['splits']:<7} "
+              f"{s['mean_AP_loss']:<13} {s['mean_AP50_loss']:<15} {per}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"rows": rows, "summary": summ}, indent=1) + "\n",

@@ -77,6 +77,9 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
     if not 0.0 <= args.channel_split <= 1.0:
         raise UserError(f"--channel-split {args.channel_split}: expected a fraction of the "
                         "model's multiply-accumulates within 0..1 (0 = off)")
+    if args.calibration_mirror < 0:
+        raise UserError(f"--calibration-mirror {args.calibration_mirror}: must be >= 0 "
+                        "(0 = off)")
     return {
         "cfg": _file(args.cfg, "cfg"),
         "weights": _file(args.weights, "weights"),
@@ -89,6 +92,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         "calibration_limit": args.calibration_limit,
         "float_fallback": args.float_fallback,
         "channel_split": args.channel_split,
+        "calibration_mirror": args.calibration_mirror,
         "variants": ",".join(variants),
         "backend": args.backend,
         "images": _dir(args.images, "--images"),

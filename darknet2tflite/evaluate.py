@@ -344,7 +344,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     if conv:
         L += ["## Conversion", "", "| item | value |", "|---|---|"]
         labels = {"seconds": "int8 conversion s (calibrate + ranges + quantize + check)",
-                  "calibration_images": "calibration images", "ranges": "activation ranges",
+                  "calibration_images": "calibration images",
+                  "mirrored_images": "mirrored copies added to calibration",
+                  "ranges": "activation ranges",
                   "input_type": "input type", "head_split": "head split layout"}
         for k, label in labels.items():
             if k in conv:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .augment import MIRROR_TARGET, mirrored_count
 from .channel_split import MAC_BUDGET
 from .errors import InputError, UserError
 
@@ -68,6 +69,8 @@ class QuantizeOptions:
     debug_images: int = 16               # images for QuantizationDebugger layer stats
     #: extra MACs allowed for outlier channel splitting (channel_split.py); 0 turns it off
     channel_split: float = MAC_BUDGET
+    #: complete smaller calibration sets with mirrored photos up to this many (augment.py)
+    calibration_mirror: int = MIRROR_TARGET
 
     def validate(self) -> None:
         if self.input_type not in ("uint8", "int8"):
@@ -83,6 +86,9 @@ class QuantizeOptions:
         if not 0.0 <= self.channel_split <= 1.0:
             raise InputError(f"channel split budget must be within 0..1 (fraction of the "
                              f"model's MACs), got {self.channel_split}")
+        if self.calibration_mirror < 0:
+            raise InputError(f"calibration mirror target must be >= 0 (0 = off), got "
+                             f"{self.calibration_mirror}")
 
 
 # --------------------------------------------------------------------------- model build
@@ -496,6 +502,7 @@ class QuantizeResult:
     fallback: dict[str, Any] | None = None
     variants: dict[str, Any] = field(default_factory=dict)
     channel_split: dict[str, Any] = field(default_factory=dict)
+    mirrored_images: int = 0             # mirrored copies added to the calibration images
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -508,13 +515,18 @@ class QuantizeResult:
 def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
                     progress: Progress = print
                     ) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Split outlier channels, calibrate, refine ranges, quantize and verify: (int8 model,
-    refined calibrated model, range table, integer check, channel split report)."""
+    """Split outlier channels, calibrate (on ``images`` completed with mirrored copies up to
+    ``opts.calibration_mirror``), refine ranges, quantize and verify: (int8 model, refined
+    calibrated model, range table, integer check, channel split report)."""
+    from .augment import mirror_augment
     from .channel_split import split_outlier_channels
     t0 = time.perf_counter()
     model, split = split_outlier_channels(model, images, budget=opts.channel_split,
                                           progress=progress)
-    progress(f"int8: calibrating on {len(images)} images")
+    mirrored = mirrored_count(len(images), opts.calibration_mirror)
+    progress(f"int8: calibrating on {len(images)} images"
+             + (f" + {mirrored} mirrored" if mirrored else ""))
+    images = mirror_augment(images, opts.calibration_mirror)
     calibrated = calibrate_model(model, images)
     progress(f"int8: calibrated in {time.perf_counter() - t0:.1f}s")
     refined, table = refine_ranges(calibrated, images, opts.ranges, progress)
@@ -556,6 +568,7 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     paths: dict[str, Path] = {}
     imeta = dict(meta, head_outputs=heads_int8, quantization={
         "input_type": opts.input_type, "ranges": opts.ranges, "calibration_images": len(images),
+        "mirrored_images": mirrored_count(len(images), opts.calibration_mirror),
         "channel_split": {k: v["channels"] for k, v in split["layers"].items()}})
     paths["tflite_int8"] = save_tflite(data, out / "model.int8.tflite", imeta)
 
@@ -604,7 +617,7 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     write_json(out / "model.json", meta)
     paths["meta"] = out / "model.json"
     result = QuantizeResult(paths, round(seconds, 2), mem.to_dict(), check, table, layer_errs,
-                            fallback, variants, split)
+                            fallback, variants, split, imeta["quantization"]["mirrored_images"])
     write_json(out / "quantize.json", result.to_dict())
     paths["quantize"] = out / "quantize.json"
     return result
@@ -712,7 +725,7 @@ def assemble_report(cfg_path: str | Path, q: QuantizeResult, calib: Any,
         "files": {Path(p).name: os.path.getsize(p) for p in files.values() if Path(p).is_file()},
         "conversion": {
             "seconds": q.seconds, "memory": q.memory, "integer_check": q.integer_check,
-            "calibration_images": len(calib.images),
+            "calibration_images": len(calib.images), "mirrored_images": q.mirrored_images,
             "calibration": {k: v for k, v in calib.to_dict().items() if k != "image_names"},
             "ranges": "mse" if q.ranges else "minmax", "head_split": DEFAULT_LAYOUT,
             "input_type": q.integer_check["input"]["dtype"],
@@ -765,7 +778,8 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
                  progress: Progress | None = print, *, calibration_limit: int | None = 500,
                  eval_fraction: float = 0.5, ranges: str = "mse", latency_runs: int = 20,
                  draw: int = 4, cross_validate: bool = True,
-                 channel_split: float = MAC_BUDGET) -> dict[str, Any]:
+                 channel_split: float = MAC_BUDGET,
+                 calibration_mirror: int = MIRROR_TARGET) -> dict[str, Any]:
     """Darknet cfg+weights -> calibrated full-integer int8 TFLite, evaluated.
 
     Writes into ``out_dir`` (all or nothing: staged in a sibling temp folder and moved in
@@ -784,7 +798,8 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
 
     say = progress or (lambda _m: None)
     opts = QuantizeOptions(input_type=input_type, ranges=ranges, variants=tuple(variants),
-                           float_fallback=float_fallback, channel_split=channel_split)
+                           float_fallback=float_fallback, channel_split=channel_split,
+                           calibration_mirror=calibration_mirror)
     opts.validate()
     for p, what in ((cfg_path, "cfg"), (weights_path, "weights"), (names, "names file"),
                     (eval_annotations, "evaluation annotations")):

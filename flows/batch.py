@@ -31,13 +31,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
+from darknet2tflite.augment import MIRROR_TARGET
 from darknet2tflite.channel_split import MAC_BUDGET
 from flows.convert import convert
 from flows.runners import make_task_runner
 
 #: manifest keys a model entry may set (the convert flow's parameters)
 MODEL_KEYS = ("name", "cfg", "weights", "calibration", "eval_annotations", "eval_images",
-              "names", "input_type", "calibration_limit", "float_fallback", "channel_split", "variants",
+              "names", "input_type", "calibration_limit", "float_fallback", "channel_split",
+              "calibration_mirror", "variants",
               "backend", "images", "target")
 PATH_KEYS = ("cfg", "weights", "calibration", "eval_annotations", "eval_images", "names",
              "images")
@@ -132,7 +134,8 @@ def _one_line(exc: Any) -> str:
 def batch(source: str, out: str, calibration: Optional[str] = None,
           store: Optional[str] = None, names: Optional[str] = None,
           input_type: Literal["uint8", "int8"] = "uint8", calibration_limit: int = 500,
-          float_fallback: int = 0, channel_split: float = MAC_BUDGET, variants: str = "",
+          float_fallback: int = 0, channel_split: float = MAC_BUDGET,
+          calibration_mirror: int = MIRROR_TARGET, variants: str = "",
           backend: Literal["direct", "onnx2tf", "both"] = "direct",
           eval_annotations: Optional[str] = None, eval_images: Optional[str] = None,
           images: Optional[str] = None):
@@ -142,7 +145,7 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
     defaults = {k: v for k, v in dict(
         calibration=calibration, names=names, input_type=input_type,
         calibration_limit=calibration_limit, float_fallback=float_fallback,
-        channel_split=channel_split, variants=variants,
+        channel_split=channel_split, calibration_mirror=calibration_mirror, variants=variants,
         backend=backend, eval_annotations=eval_annotations, eval_images=eval_images,
         images=images).items() if v is not None}
     models = discover_models(source, defaults)

@@ -34,6 +34,7 @@ from prefect.artifacts import (acreate_markdown_artifact, acreate_table_artifact
                                create_markdown_artifact, create_table_artifact)
 from prefect.runtime import flow_run as runtime_flow_run
 
+from darknet2tflite.augment import MIRROR_TARGET
 from darknet2tflite.channel_split import MAC_BUDGET
 from darknet2tflite.errors import UserError
 from darknet2tflite.store import ArtifactStore
@@ -70,6 +71,8 @@ def _check_inputs(p: dict[str, Any]) -> None:
     bad = [v for v in _variants(p.get("variants")) if v not in VARIANTS]
     if bad:
         raise UserError(f"variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})")
+    if (p.get("calibration_mirror") or 0) < 0:
+        raise UserError(f"calibration_mirror {p['calibration_mirror']}: must be >= 0 (0 = off)")
     if p.get("eval_annotations") and not p.get("eval_images"):
         raise UserError("eval_annotations need eval_images")
     from tasks.quantize import check_backend
@@ -86,7 +89,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
             eval_annotations: Optional[str] = None, eval_images: Optional[str] = None,
             names: Optional[str] = None, input_type: Literal["uint8", "int8"] = "uint8",
             calibration_limit: int = 500, float_fallback: int = 0,
-            channel_split: float = MAC_BUDGET, variants: str = "",
+            channel_split: float = MAC_BUDGET, calibration_mirror: int = MIRROR_TARGET,
+            variants: str = "",
             backend: Literal["direct", "onnx2tf", "both"] = "direct",
             images: Optional[str] = None, store: Optional[str] = None,
             from_stage: Optional[str] = None, target: str = "int8",
@@ -110,6 +114,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
         float_fallback: keep up to N most quantization-sensitive layers in float.
         channel_split: extra MACs (fraction of the model's) allowed for splitting outlier
             channels of early layers before int8 calibration; 0 turns it off.
+        calibration_mirror: calibration sets of fewer images are completed with left-right
+            mirrored copies, up to this many, before int8 calibration; 0 turns it off.
         variants: comma list of extra variants: float16, dynamic, int16x8.
         backend: int8 backend: direct (TFLiteConverter), onnx2tf, or both (keep the better).
         images: images for the float parity check and probe (default: data/samples).
@@ -182,6 +188,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                  wait_for=[futures["rewrite"], futures["parity"]], **kw)
     futures["quantize"] = t.submit(mode="int8", input_type=input_type,
                                    float_fallback=float_fallback, channel_split=channel_split,
+                                   calibration_mirror=calibration_mirror,
                                    backend=backend, **qopts)
     for v in _variants(variants):
         futures[f"quantize[{v}]"] = t.submit(mode=v, **qopts)
@@ -191,6 +198,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
         fold2 = t.with_options(task_run_name="quantize-int8-fold2")
         futures["quantize[fold2]"] = fold2.submit(
             mode="int8", fold=2, input_type=input_type, channel_split=channel_split,
+            calibration_mirror=calibration_mirror,
             backend=backend, **qopts)
     results["quantize"] = futures["quantize"].result()
     variant_payloads = {}

@@ -39,7 +39,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
         options.update(input_type=p.get("input_type") or "uint8",
                        float_fallback=int(p.get("float_fallback") or 0),
                        backend=p.get("backend") or "direct", ranges=RANGES,
-                       channel_split=split_budget(p))
+                       channel_split=split_budget(p), calibration_mirror=mirror_target(p))
     return inputs, options
 
 
@@ -47,6 +47,12 @@ def split_budget(p: Mapping[str, Any]) -> float:
     from darknet2tflite.channel_split import MAC_BUDGET
     v = p.get("channel_split")
     return MAC_BUDGET if v is None else float(v)
+
+
+def mirror_target(p: Mapping[str, Any]) -> int:
+    from darknet2tflite.augment import MIRROR_TARGET
+    v = p.get("calibration_mirror")
+    return MIRROR_TARGET if v is None else int(v)
 
 
 def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
@@ -129,7 +135,8 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
                                    # the fallback model is a deliverable of the shipped fold only
                                    float_fallback=int(p.get("float_fallback") or 0)
                                    if fold == 1 else 0,
-                                   channel_split=split_budget(p))
+                                   channel_split=split_budget(p),
+                                   calibration_mirror=mirror_target(p))
             paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
                                           artifact(rw, "meta"), out, opts, progress=log)
         else:
@@ -171,7 +178,7 @@ def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
 def quantize(cfg: str, rewrite: dict, calibration: str, mode: str = "int8",
              calibration_limit: int | None = 500, input_type: str = "uint8",
              float_fallback: int = 0, channel_split: float | None = None,
-             backend: str = "direct", fold: int = 1,
+             calibration_mirror: int | None = None, backend: str = "direct", fold: int = 1,
              eval_images: str | None = None, eval_annotations: str | None = None,
              store: str | None = None, refresh: bool = False, require_cached: bool = False):
     p = locals()

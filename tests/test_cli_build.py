@@ -95,6 +95,7 @@ def test_weights_fetch_cli(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("option, value, message", [
     ("--channel-split", "2", "--channel-split 2.0"),
+    ("--calibration-mirror", "-1", "--calibration-mirror -1: must be >= 0"),
     ("--task-runner", "spark", "task runner 'spark'")])
 def test_convert_rejects_a_bad_option_before_any_work(tmp_path: Path, yolov3_tiny,
                                                       sample_images, option, value,

@@ -91,6 +91,9 @@ def _check_report(out: Path, report: dict) -> None:
     conv = doc["conversion"]
     assert conv["seconds"] > 0 and conv["memory"]["peak_mb"] > 0
     assert conv["calibration_images"] > 0
+    # 43 calibration photos (< 256): each one also calibrates mirrored
+    assert conv["mirrored_images"] == conv["calibration_images"]
+    assert "mirrored copies added to calibration | 43" in (out / "report.md").read_text()
     # outlier channels of the first (208/416-pixel) layer are split, within the MAC budget,
     # and the int8 model really has the extra channels
     split = conv["channel_split"]

@@ -1,0 +1,37 @@
+"""Mirrored completion of small calibration sets (darknet2tflite/augment.py)."""
+from __future__ import annotations
+
+import numpy as np
+
+from darknet2tflite.augment import MIRROR_TARGET, mirror_augment, mirrored_count
+from darknet2tflite.calibration import calibrate, load_calibration
+
+
+def test_small_set_is_completed_with_mirrors_up_to_the_target():
+    x = np.random.default_rng(0).random((5, 4, 6, 3), dtype=np.float32)
+    out = mirror_augment(x, target=8)
+    assert out.shape == (8, 4, 6, 3)
+    assert np.array_equal(out[:5], x)                    # originals first, unchanged
+    assert np.array_equal(out[5:], x[:3, :, ::-1, :])    # then left-right mirrors
+    assert mirrored_count(5, 8) == 3
+    assert mirrored_count(3, 8) == 3                     # at most one mirror per photo
+    assert mirror_augment(x, target=5) is x and mirror_augment(x, target=0) is x
+
+
+def test_real_calibration_array_mirrors_are_darknet_preprocessed_photos(
+        tmp_path, yolov4_tiny, sample_images, monkeypatch):
+    """The mirror of a preprocessed photo is the preprocessed mirrored photo (stretch
+    resize commutes with a horizontal flip), so mirrors are valid calibration inputs."""
+    import cv2
+
+    from darknet2tflite.images import load_rgb, preprocess
+    monkeypatch.setenv("DARKNET2TFLITE_CACHE", str(tmp_path / "cache"))
+    arr = load_calibration(calibrate(yolov4_tiny[0], sample_images, None, 4, progress=None).npy)
+    out = mirror_augment(arr)
+    assert len(out) == 2 * len(arr) == len(arr) + mirrored_count(len(arr), MIRROR_TARGET)
+    photo = sorted(sample_images.glob("*.jpg"))[0]
+    flipped = tmp_path / "flipped.png"
+    cv2.imwrite(str(flipped), cv2.flip(cv2.imread(str(photo)), 1))
+    a = preprocess(load_rgb(flipped), 416, 416, False)
+    b = preprocess(load_rgb(photo), 416, 416, False)[:, ::-1, :]
+    assert np.abs(a - b).max() < 0.02
