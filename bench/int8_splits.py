@@ -14,7 +14,7 @@ and ``--mirrors``: calibration sets smaller than this are completed with mirrore
 (darknet2tflite/augment.py; 0 = off, 256 = the default).
 
 Usage: .venv/bin/python bench/int8_splits.py [--models yolov4-tiny,yolov3-tiny]
-       [--seeds 0,1,2] [--budgets 0,0.15] [--mirrors 0,256]
+       [--seeds 0,1,2] [--folds 2] [--budgets 0,0.15] [--mirrors 0,256]
        [--json bench/results/int8_splits.json]
 """
 from __future__ import annotations
@@ -30,20 +30,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import MODELS, SHARED, cross_folds  # noqa: E402
 
 
-def folds_for(seed: int, images: Path, annotations: Path) -> list[tuple[list, list]]:
-    """(calibration exclude, evaluation) pairs of one 2-fold split."""
+def folds_for(seed: int, images: Path, annotations: Path, k: int = 2
+              ) -> list[tuple[list, list]]:
+    """(calibration exclude, evaluation) pairs of one k-fold split: each part is scored by
+    a model calibrated on the other parts (k = 2: half the photos calibrate; k = 3: two
+    thirds, closer to a model calibrated on all of them)."""
     import numpy as np
     folds = cross_folds(images, annotations)
-    if seed == 0:
+    if seed == 0 and k == 2:
         return folds
     every = sorted({str(p) for _, ev in folds for p in ev})
-    np.random.default_rng(seed).shuffle(every)
-    half = len(every) // 2
-    a, b = [Path(p) for p in every[:half]], [Path(p) for p in every[half:]]
-    return [(a, a), (b, b)]          # calibrate without a, score a; and the swap
+    if k == 2:   # the layout the published 2-fold figures were measured with
+        np.random.default_rng(seed).shuffle(every)
+        half = len(every) // 2
+        parts = [every[:half], every[half:]]
+    else:        # k-fold partitions unrelated to the 2-fold ones of the same seed
+        np.random.default_rng(100 + seed).shuffle(every)
+        parts = [every[i::k] for i in range(k)]
+    return [([Path(p) for p in part], [Path(p) for p in part]) for part in parts]
 
 
-def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say) -> list[dict]:
+def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say,
+          k: int = 2) -> list[dict]:
     import numpy as np
     from darknet2tflite.builder import build_keras
     from darknet2tflite.calibration import calibrate, load_calibration
@@ -64,7 +72,7 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say) -
     fl = convert(model, mode="float32")
     rows = []
     for seed in seeds:
-        folds = folds_for(seed, images, annotations)
+        folds = folds_for(seed, images, annotations, k)
         arrays = [load_calibration(calibrate(cfg, images, None, 500, exclude=ex,
                                              progress=None).npy) for ex, _ in folds]
         evals = [load_eval_images(ev, meta) for _, ev in folds]
@@ -84,7 +92,7 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say) -
                 m = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
                 qdets += detect(run_tflite(interpreter(data, 2), batch, m), meta, sizes)
             qa = _ap(meta, qdets, paths, annotations)
-            row = {"model": name, "seed": seed, "budget": budget, "mirror": mirror,
+            row = {"model": name, "seed": seed, "folds": k, "budget": budget, "mirror": mirror,
                    "images": len(paths),
                    "float_AP": fa["AP"], "float_AP50": fa["AP50"],
                    "int8_AP": qa["AP"], "int8_AP50": qa["AP50"],
@@ -118,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="yolov4-tiny,yolov3-tiny")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--folds", type=int, default=2, help="k of the k-fold split (>= 2)")
     ap.add_argument("--budgets", default="0,0.15")
     ap.add_argument("--mirrors", default="0,256")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
+    if a.folds < 2:
+        ap.error("--folds must be >= 2")
     if not (SHARED / "images" / "coco" / "instances.json").is_file():
         print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
         return 2
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = [(float(b), int(m)) for b in a.budgets.split(",") for m in a.mirrors.split(",")]
     rows = []
     for name in a.models.split(","):
-        rows += bench(name, seeds, settings, lambda m: print(m, flush=True))
+        rows += bench(name, seeds, settings, lambda m: print(m, flush=True), a.folds)
     summ = summary(rows)
     print("\nmodel        budget  mirror  splits  mean AP loss  mean AP50 loss  "
           "per split (AP / AP50)")
