@@ -279,7 +279,9 @@ def test_evaluation_photos_among_calibration_photos_add_the_swapped_fold(
     judged on AP over all annotated photos (issue 4: no int8 model scores its own
     calibration photos)."""
     calib = base_params["calibration"]
-    params = dict(base_params, eval_images=calib, variants="", out=str(work / "out-cross"))
+    # own run name: its UI artifacts must not become the latest "yolov4-tiny-*" versions
+    params = dict(base_params, eval_images=calib, variants="", out=str(work / "out-cross"),
+                  name="v4t-cross")
     result = run_convert(params).result()
     st = states(result)
     assert st["quantize[fold2]"] == "Completed" and st["quantize"] == "Completed"
