@@ -82,7 +82,10 @@ def _locked_tempdir(out: Path) -> tuple[Path, int]:
     while True:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX,
                                     dir=out.parent))
-        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # removed as stale by a concurrent run before we could even open it
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             # a concurrent _clean_stale_partials may have taken it for stale before we locked
