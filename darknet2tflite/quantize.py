@@ -6,9 +6,10 @@ Pipeline (each step a function, so the Prefect flow and the benchmarks can reuse
    ``head_split`` rule: each head leaves the model as several outputs (per anchor
    ``box | obj+classes``), each with its own int8 scale. Box w/h go through exp(), so
    they need a fine step that they cannot get when they share a scale with class logits.
-2. :func:`calibrate_model` -- TFLite's own calibrator records per-tensor min/max over the
-   calibration images (``_experimental_calibrate_only``, the same hook
-   ``tf.lite.experimental.QuantizationDebugger`` uses).
+2. :func:`calibrate_model` -- TFLite's own calibrator (``_experimental_calibrate_only``, the
+   hook ``tf.lite.experimental.QuantizationDebugger`` uses) marks the tensors that need
+   ranges, on two images; :func:`observe_ranges` then records each one's min/max over all
+   calibration images with a plain interpreter, ~5x faster than the calibrator.
 3. :func:`refine_ranges` -- replaces the min/max ranges by MSE-optimal clipping ranges
    computed from per-tensor histograms of the same images (``ranges="mse"``), and pins the
    input range to exactly [0, 1]. Min/max ranges are dominated by rare outliers (a
@@ -140,8 +141,9 @@ def _tf() -> Any:
     return tf
 
 
-def calibrate_model(model: Any, images: np.ndarray) -> bytes:
-    """A float TFLite model annotated with per-tensor min/max over ``images``."""
+def _annotate_for_calibration(model: Any, images: np.ndarray) -> bytes:
+    """TFLite's calibrator run on ``images``: a float TFLite model whose activation
+    tensors carry min/max fields (which tensors need ranges is the converter's call)."""
     from .calibration import representative_dataset
     tf = _tf()
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -151,6 +153,61 @@ def calibrate_model(model: Any, images: np.ndarray) -> bytes:
     conv._experimental_calibrate_only = True  # noqa: SLF001 -- QuantizationDebugger's hook
     with contextlib.redirect_stdout(io.StringIO()):  # Keras export prints the signature
         return bytes(conv.convert())
+
+
+def _tensor_interpreter(model: bytes) -> Any:
+    """An interpreter over ``model`` whose intermediate tensors stay readable."""
+    it = _tf().lite.Interpreter(model_content=model, experimental_preserve_all_tensors=True,
+                                num_threads=min(2, os.cpu_count() or 1))
+    it.allocate_tensors()
+    return it
+
+
+def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | None = None,
+                   progress_every: int = 50) -> bytes:
+    """``annotated`` with every recorded min/max replaced by the min/max over ``images``.
+
+    Same figures as TFLite's calibrator (global min/max per tensor; equal to 1e-6 relative
+    on yolov4-tiny), but about 5x faster per image here: the calibrator runs its logging
+    kernels at ~0.3 s per 416x416 image, this loop ~0.05 s. That is what keeps a 500-photo
+    calibration folder within the conversion-time target."""
+    ranges = calibrated_ranges(annotated)
+    it = _tensor_interpreter(annotated)
+    inp = it.get_input_details()[0]["index"]
+    lo = {name: np.inf for name in ranges}
+    hi = {name: -np.inf for name in ranges}
+    for i in range(len(images)):
+        it.set_tensor(inp, np.ascontiguousarray(images[i:i + 1], dtype=np.float32))
+        it.invoke()
+        for name, (ti, _, _) in ranges.items():
+            v = it.get_tensor(ti)
+            lo[name] = min(lo[name], float(v.min()))
+            hi[name] = max(hi[name], float(v.max()))
+        if progress and ((i + 1) % max(progress_every, 1) == 0 or i + 1 == len(images)):
+            progress(f"int8: activation ranges {i + 1}/{len(images)} images")
+    bad = [n for n in ranges if not (np.isfinite(lo[n]) and np.isfinite(hi[n]))]
+    if bad:
+        raise UserError(f"the float model produces non-finite values in {len(bad)} tensor(s) "
+                        f"on the calibration images (first: {bad[0]}); check the weights")
+    model = _to_obj(annotated)
+    tensors = model.subgraphs[0].tensors
+    for name, (ti, _, _) in ranges.items():
+        q = tensors[ti].quantization
+        q.min, q.max = [lo[name]], [hi[name]]
+    return _to_bytes(model)
+
+
+#: images TFLite's own calibrator runs: it only has to mark the tensors that need ranges;
+#: :func:`observe_ranges` then measures them on every image
+ANNOTATE_IMAGES = 2
+
+
+def calibrate_model(model: Any, images: np.ndarray, progress: Progress | None = None) -> bytes:
+    """A float TFLite model annotated with per-tensor min/max over ``images``."""
+    if not len(images):
+        raise InputError("no calibration images")
+    annotated = _annotate_for_calibration(model, images[:ANNOTATE_IMAGES])
+    return observe_ranges(annotated, images, progress)
 
 
 def _schema() -> Any:
@@ -216,11 +273,8 @@ def tensor_histograms(calibrated: bytes, images: np.ndarray, max_images: int = H
                       bins: int = HIST_BINS) -> dict[str, np.ndarray]:
     """Per-tensor value histograms over each tensor's calibrated [min, max], from running
     the calibrated (still float) model with every intermediate tensor preserved."""
-    tf = _tf()
     ranges = calibrated_ranges(calibrated)
-    it = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True,
-                             num_threads=min(2, os.cpu_count() or 1))
-    it.allocate_tensors()
+    it = _tensor_interpreter(calibrated)
     inp = it.get_input_details()[0]["index"]
     n = min(len(images), max_images)
     pick = np.linspace(0, len(images) - 1, n).round().astype(int) if n else []
@@ -231,8 +285,9 @@ def tensor_histograms(calibrated: bytes, images: np.ndarray, max_images: int = H
         for name, (ti, lo, hi) in ranges.items():
             if not hi > lo:
                 continue
-            v = it.get_tensor(ti).ravel()
-            idx = ((v - lo) * (bins / (hi - lo))).astype(np.int64)
+            v = it.get_tensor(ti).ravel() - np.float32(lo)  # a copy: scaled in place
+            v *= np.float32(bins / (hi - lo))
+            idx = v.astype(np.intp)
             np.clip(idx, 0, bins - 1, out=idx)
             h = np.bincount(idx, minlength=bins)
             hists[name] = hists[name] + h if name in hists else h
@@ -527,7 +582,7 @@ def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
     progress(f"int8: calibrating on {len(images)} images"
              + (f" + {mirrored} mirrored" if mirrored else ""))
     images = mirror_augment(images, opts.calibration_mirror)
-    calibrated = calibrate_model(model, images)
+    calibrated = calibrate_model(model, images, progress)
     progress(f"int8: calibrated in {time.perf_counter() - t0:.1f}s")
     refined, table = refine_ranges(calibrated, images, opts.ranges, progress)
     data = quantize_calibrated(refined, opts.input_type)
