@@ -318,3 +318,29 @@ def test_holdout_split_is_deterministic_and_disjoint(coco_images):
     # adding a file does not move the others across the split
     cal3, ev3 = holdout_split(paths + [Path("zzz_new.jpg")], 0.5)
     assert len(set(ev) ^ set(p for p in ev3 if p.name != "zzz_new.jpg")) <= 1
+
+
+# --------------------------------------------------------------------------- calibration pass
+
+@pytest.mark.slow
+def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny, coco_images,
+                                                           cache_env):
+    """calibrate_model lets TFLite's calibrator see 2 photos and measures the rest itself;
+    the ranges must be the calibrator's own over all photos (a missed tensor or image would
+    make them narrower, a wrong tensor index different)."""
+    from darknet2tflite import quantize as q
+    out, _ = v3_run
+    model = q.load_keras(out / "model.keras")
+    images = np.asarray(load_calibration(calibrate(yolov3_tiny[0], coco_images, limit=6,
+                                                   progress=None).npy))
+    assert len(images) == 6
+    ours = q.calibrated_ranges(q.calibrate_model(model, images))
+    theirs = q.calibrated_ranges(q._annotate_for_calibration(model, images))
+    few = q.calibrated_ranges(q._annotate_for_calibration(model, images[:2]))
+    assert ours.keys() == theirs.keys() and len(ours) > 20
+    for name, (ti, lo, hi) in theirs.items():
+        assert ours[name][0] == ti
+        tol = 1e-5 * (hi - lo)
+        assert abs(ours[name][1] - lo) <= tol and abs(ours[name][2] - hi) <= tol, name
+    # the 2-photo annotation alone is not enough: more photos widen some ranges
+    assert any(few[n][2] < theirs[n][2] - 1e-3 for n in theirs)
