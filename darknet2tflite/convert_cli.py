@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .options import check as check_options, cli_flag, variant_list
 
-# Copies of tasks._common.STAGES and quantize.VARIANTS, so bad options fail before Prefect
-# and TensorFlow are imported (tests/test_flows.py checks they agree).
+# A copy of tasks._common.STAGES, so a bad --from-stage fails before Prefect and TensorFlow
+# are imported (tests/test_flows.py checks they agree).
 STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
-VARIANTS = ("float16", "dynamic", "int16x8")
 
 
 def _file(p: str | None, what: str) -> str | None:
@@ -65,21 +65,13 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
     """The flow parameters (absolute paths) for a parsed `convert` command line."""
     if args.from_stage and args.from_stage not in STAGES:
         raise UserError(f"--from-stage {args.from_stage}: expected one of {', '.join(STAGES)}")
-    variants = [v.strip() for v in (args.variants or "").split(",") if v.strip()]
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad:
-        raise UserError(f"--variants {args.variants}: unknown {', '.join(bad)} "
-                        f"(choose from {', '.join(VARIANTS)})")
-    if args.calibration_limit is not None and args.calibration_limit < 1:
-        raise UserError(f"--calibration-limit {args.calibration_limit}: must be >= 1")
     if args.eval_annotations is not None and args.eval_images is None:
         raise UserError("--eval-annotations needs --eval-images (the annotated images)")
-    if not 0.0 <= args.channel_split <= 1.0:
-        raise UserError(f"--channel-split {args.channel_split}: expected a fraction of the "
-                        "model's multiply-accumulates within 0..1 (0 = off)")
-    if args.calibration_mirror < 0:
-        raise UserError(f"--calibration-mirror {args.calibration_mirror}: must be >= 0 "
-                        "(0 = off)")
+    check_options({k: getattr(args, k) for k in ("input_type", "variants", "calibration_limit",
+                                                  "float_fallback", "channel_split",
+                                                  "calibration_mirror")},
+                  spell=cli_flag, error=UserError)
+    variants = variant_list(args.variants)
     return {
         "cfg": _file(args.cfg, "cfg"),
         "weights": _file(args.weights, "weights"),

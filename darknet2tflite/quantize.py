@@ -44,6 +44,7 @@ import numpy as np
 from .augment import MIRROR_TARGET, mirrored_count
 from .channel_split import MAC_BUDGET
 from .errors import InputError, UserError
+from .options import VARIANTS, check as check_options
 
 Progress = Callable[[str], None]
 
@@ -52,7 +53,6 @@ INPUT_SCALE = np.float32(1.0 / 255.0)
 HIST_BINS = 2048
 #: at most this many calibration images feed the histograms (ranges converge long before)
 HIST_MAX_IMAGES = 128
-VARIANTS = ("float16", "dynamic", "int16x8")
 
 
 class NotFullyIntegerError(UserError):
@@ -74,22 +74,7 @@ class QuantizeOptions:
     calibration_mirror: int = MIRROR_TARGET
 
     def validate(self) -> None:
-        if self.input_type not in ("uint8", "int8"):
-            raise InputError(f"input type {self.input_type!r}: expected uint8 or int8")
-        if self.ranges not in ("mse", "minmax"):
-            raise InputError(f"range method {self.ranges!r}: expected mse or minmax")
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad:
-            raise InputError(f"unknown variant(s) {', '.join(bad)} (choose from "
-                             f"{', '.join(VARIANTS)})")
-        if self.float_fallback < 0:
-            raise InputError(f"float_fallback must be >= 0, got {self.float_fallback}")
-        if not 0.0 <= self.channel_split <= 1.0:
-            raise InputError(f"channel split budget must be within 0..1 (fraction of the "
-                             f"model's MACs), got {self.channel_split}")
-        if self.calibration_mirror < 0:
-            raise InputError(f"calibration mirror target must be >= 0 (0 = off), got "
-                             f"{self.calibration_mirror}")
+        check_options(asdict(self))
 
 
 # --------------------------------------------------------------------------- model build

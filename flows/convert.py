@@ -38,12 +38,11 @@ from prefect.runtime import flow_run as runtime_flow_run
 from darknet2tflite.augment import MIRROR_TARGET
 from darknet2tflite.channel_split import MAC_BUDGET
 from darknet2tflite.errors import UserError
+from darknet2tflite.options import check as check_options, variant_list
 from darknet2tflite.store import ArtifactStore
 from flows.runners import make_task_runner
 from tasks._common import STAGES, artifact, read_json, result_storage, store_root
 from tasks.quantize import has_cross_fold
-
-VARIANTS = ("float16", "dynamic", "int16x8")
 
 
 def _run_name() -> str:
@@ -69,19 +68,11 @@ def _check_inputs(p: dict[str, Any]) -> None:
         output_dir(p.get(k), k)
     if p.get("from_stage") and p["from_stage"] not in STAGES:
         raise UserError(f"from_stage {p['from_stage']}: expected one of {', '.join(STAGES)}")
-    bad = [v for v in _variants(p.get("variants")) if v not in VARIANTS]
-    if bad:
-        raise UserError(f"variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})")
-    if (p.get("calibration_mirror") or 0) < 0:
-        raise UserError(f"calibration_mirror {p['calibration_mirror']}: must be >= 0 (0 = off)")
+    check_options(p, error=UserError)
     if p.get("eval_annotations") and not p.get("eval_images"):
         raise UserError("eval_annotations need eval_images")
     from tasks.quantize import check_backend
     check_backend(p.get("backend"))
-
-
-def _variants(spec: str | None) -> list[str]:
-    return [v.strip() for v in (spec or "").split(",") if v.strip()]
 
 
 @flow(name="convert", flow_run_name=_run_name, task_runner=make_task_runner(),
@@ -191,7 +182,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                                    float_fallback=float_fallback, channel_split=channel_split,
                                    calibration_mirror=calibration_mirror,
                                    backend=backend, **qopts)
-    for v in _variants(variants):
+    for v in variant_list(variants):
         futures[f"quantize[{v}]"] = t.submit(mode=v, **qopts)
     # evaluation photos that are also calibration photos: the swapped calibration fold, so
     # AP covers every annotated photo, each scored by an int8 model that never saw it.  It
@@ -205,7 +196,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
             **dict(qopts, wait_for=qopts["wait_for"] + [futures["quantize"]]))
     results["quantize"] = futures["quantize"].result()
     variant_payloads = {}
-    for v in _variants(variants):
+    for v in variant_list(variants):
         results[f"quantize[{v}]"] = variant_payloads[v] = futures[f"quantize[{v}]"].result()
     if "quantize[fold2]" in futures:
         results["quantize[fold2]"] = futures["quantize[fold2]"].result()

@@ -503,11 +503,25 @@ def test_batch_sources_folder_pairs_and_yaml_manifest(tmp_path):
         discover_models(tmp_path / "broken.yaml", {})
 
 
-def test_cli_stage_and_variant_lists_match_the_flow():
+def test_cli_stage_list_matches_the_flow():
     from darknet2tflite import convert_cli
-    from darknet2tflite.quantize import VARIANTS
-    from flows.convert import VARIANTS as FLOW_VARIANTS
     from tasks._common import STAGES as TASK_STAGES
 
     assert convert_cli.STAGES == TASK_STAGES == STAGES
-    assert convert_cli.VARIANTS == FLOW_VARIANTS == VARIANTS
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("channel_split", 2.0, "channel_split 2.0: expected a fraction"),
+    ("calibration_mirror", -1, "calibration_mirror -1: must be >= 0"),
+    ("variants", "float16,int4", "variants float16,int4: unknown int4")])
+def test_ui_run_with_a_bad_option_fails_before_any_stage(prefect_server, base_params, work,
+                                                         option, value, message):
+    """A run triggered from the UI never passes the CLI's checks: the flow makes the same
+    ones (darknet2tflite/options.py) before the first stage, and nothing is written."""
+    params = dict(base_params, out=str(work / f"bad-{option}"),
+                  store=str(work / f"bad-store-{option}"), **{option: value})
+    state = run_convert(params)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=message):
+        state.result()
+    assert not Path(params["out"]).exists() and not Path(params["store"]).exists()

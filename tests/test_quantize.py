@@ -212,6 +212,20 @@ def _convert(tmp_path, cfg_weights, calib, **kw):
     return convert_int8(cfg, weights, tmp_path / "out", calib, progress=None, **kw)
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("channel_split", 1.5, "channel_split 1.5: expected a fraction"),
+    ("calibration_mirror", -3, "calibration_mirror -3: must be >= 0"),
+    ("variants", ("float16", "int4"), "variants float16,int4: unknown int4"),
+    ("input_type", "float32", "input_type float32: expected one of uint8, int8")])
+def test_bad_option_fails_before_anything_is_read(tmp_path, yolov4_tiny, option, value,
+                                                  message):
+    """Library callers get the CLI's and the flow's checks (darknet2tflite/options.py);
+    the calibration folder is not even looked at."""
+    with pytest.raises(InputError, match=message):
+        _convert(tmp_path, yolov4_tiny, tmp_path / "missing", **{option: value})
+    assert not (tmp_path / "out").exists()
+
+
 def test_empty_calibration_folder_fails_before_conversion(tmp_path, yolov4_tiny, monkeypatch):
     monkeypatch.setenv("DARKNET2TFLITE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "calib" / "sub").mkdir(parents=True)
