@@ -314,7 +314,8 @@ def mse_range(hist: np.ndarray, lo: float, hi: float, neg_weight: float = 1.0,
 
 
 def refine_ranges(calibrated: bytes, images: np.ndarray, method: str = "mse",
-                  progress: Progress | None = None) -> tuple[bytes, dict[str, Any]]:
+                  progress: Progress | None = None, hist_images: int = HIST_MAX_IMAGES
+                  ) -> tuple[bytes, dict[str, Any]]:
     """Calibrated model with the input pinned to [0, 1] and (``mse``) every activation
     range replaced by its MSE-optimal clipping range. Returns (model, range table)."""
     model = _to_obj(calibrated)
@@ -325,9 +326,9 @@ def refine_ranges(calibrated: bytes, images: np.ndarray, method: str = "mse",
     if method == "mse":
         if progress:
             progress(f"ranges: MSE-optimal clipping from histograms of "
-                     f"{min(len(images), HIST_MAX_IMAGES)} images")
+                     f"{min(len(images), hist_images)} images")
         ranges = calibrated_ranges(calibrated)
-        hists = tensor_histograms(calibrated, images)
+        hists = tensor_histograms(calibrated, images, hist_images)
         cons, alpha = _consumers(calibrated)
         for name, (ti, lo, hi) in ranges.items():
             if ti in input_ids or name not in hists:
