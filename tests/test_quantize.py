@@ -129,6 +129,7 @@ def _check_report(out: Path, report: dict) -> None:
     for section in ("## Accuracy", "## Raw head error", "## Size and latency",
                     "## Worst-quantized layers", "## Detections"):
         assert section in md
+    assert "AP and AP50 losses are one draw" in md.split("## Targets")[1]
     for d in ev["drawn"]:
         assert (out / d).is_file()
         assert f"]({d})" in md
