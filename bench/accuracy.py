@@ -25,6 +25,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore")
@@ -103,6 +104,31 @@ def cross_folds(images: Path, annotations: Path) -> list[tuple[list, list]]:
     return [(plan["exclude"], plan["eval"])] + [(f["exclude"], f["eval"]) for f in plan["cross"]]
 
 
+def int8_bench_model(name: str) -> tuple[Any, dict, Any, list]:
+    """(cfg, decode metadata with COCO names, the Keras model as the int8 path builds it,
+    its head output groups) for one of MODELS: what the int8 benchmarks start from."""
+    from darknet2tflite.builder import build_keras
+    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.export import head_groups
+    from darknet2tflite.metadata import decode_metadata, read_names
+    from darknet2tflite.quantize import int8_rules
+    from darknet2tflite.weights import read_weights
+    cfg_path, w_path = (SHARED / p for p in MODELS[name])
+    cfg = parse_cfg(cfg_path)
+    meta = decode_metadata(cfg, read_names(SHARED / "darknet" / "cfg" / "coco.names"))
+    model, _ = build_keras(cfg, read_weights(w_path, cfg), int8_rules())
+    return cfg, meta, model, head_groups(model, meta)
+
+
+def tflite_heads(data: bytes, model: Any, meta: dict, groups: list, batch: Any) -> list:
+    """Raw heads (the contract's layout) of an in-memory .tflite converted from ``model``,
+    whose split outputs are found by name."""
+    from darknet2tflite.export import interpreter, run_tflite
+    from darknet2tflite.quantize import tflite_head_outputs
+    m = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
+    return run_tflite(interpreter(data, 2), batch, m)
+
+
 def bench_layouts(name: str, images: Path, annotations: Path, names_path: Path,
                   progress) -> list[dict]:
     """Cross-calibrated AP of each head-split layout (and none) with identical settings."""
@@ -110,11 +136,9 @@ def bench_layouts(name: str, images: Path, annotations: Path, names_path: Path,
     from darknet2tflite.calibration import calibrate, load_calibration
     from darknet2tflite.cfg import parse_cfg
     from darknet2tflite.evaluate import _ap, detect, load_eval_images
-    from darknet2tflite.export import convert, interpreter, run_tflite
+    from darknet2tflite.export import convert, head_groups
     from darknet2tflite.metadata import decode_metadata, read_names
-    from darknet2tflite.export import head_groups
-    from darknet2tflite.quantize import (QuantizeOptions, int8_from_keras,
-                                         int8_rules, tflite_head_outputs)
+    from darknet2tflite.quantize import QuantizeOptions, int8_from_keras, int8_rules
     from darknet2tflite.rewrites import load_rules
     from darknet2tflite.rewrites.head_split import LAYOUTS
     from darknet2tflite.weights import read_weights
@@ -136,8 +160,7 @@ def bench_layouts(name: str, images: Path, annotations: Path, names_path: Path,
         for arr, (batch, fp, sizes, _) in zip(arrays, evals):
             data, *_ = int8_from_keras(model, arr, QuantizeOptions(), lambda _m: None)
             for tfl, acc in ((convert(model, mode="float32"), fdets), (data, qdets)):
-                m = dict(meta, head_outputs=tflite_head_outputs(tfl, model.output_names, groups))
-                acc += detect(run_tflite(interpreter(tfl, 2), batch, m), meta, sizes)
+                acc += detect(tflite_heads(tfl, model, meta, groups, batch), meta, sizes)
             paths += fp
         fa, qa = _ap(meta, fdets, paths, annotations), _ap(meta, qdets, paths, annotations)
         row = {"layout": layout, "float_AP": fa["AP"], "int8_AP": qa["AP"],

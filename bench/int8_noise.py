@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import MODELS, SHARED  # noqa: E402  (also sets up TF logging and sys.path)
+# also sets up TF logging and sys.path
+from accuracy import SHARED, int8_bench_model, tflite_heads  # noqa: E402
 
 STEP = 1e-6
 
@@ -51,31 +52,20 @@ def bench(name: str, draws: int, say, budget: float | None = None, mirror: int |
           subset_seed: int | None = None) -> dict:
     import numpy as np
     from darknet2tflite.augment import mirror_augment
-    from darknet2tflite.builder import build_keras
     from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.cfg import parse_cfg
     from darknet2tflite.channel_split import split_outlier_channels
     from darknet2tflite.evaluate import _ap, detect, load_eval_images
-    from darknet2tflite.export import convert, head_groups, interpreter, run_tflite
-    from darknet2tflite.metadata import decode_metadata, read_names
+    from darknet2tflite.export import convert
     from darknet2tflite.quantize import (HIST_MAX_IMAGES, QuantizeOptions, calibrate_model,
-                                         int8_rules,
-                                         quantize_calibrated, refine_ranges,
-                                         tflite_head_outputs)
-    from darknet2tflite.weights import read_weights
+                                         quantize_calibrated, refine_ranges)
     images = SHARED / "images" / "coco"
     annotations = images / "instances.json"
-    cfg_path, w_path = (SHARED / p for p in MODELS[name])
-    cfg = parse_cfg(cfg_path)
-    meta = decode_metadata(cfg, read_names(SHARED / "darknet" / "cfg" / "coco.names"))
-    model, _ = build_keras(cfg, read_weights(w_path, cfg), int8_rules())
-    groups = head_groups(model, meta)
+    cfg, meta, model, groups = int8_bench_model(name)
     paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     batch, paths, sizes, _ = load_eval_images(paths, meta)
 
     def heads_of(data: bytes) -> list:
-        m = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
-        return run_tflite(interpreter(data, 2), batch, m)
+        return tflite_heads(data, model, meta, groups, batch)
 
     fheads = heads_of(convert(model, mode="float32"))
     fa = _ap(meta, detect(fheads, meta, sizes), paths, annotations)

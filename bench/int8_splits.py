@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # same models, shared paths, folds and environment set-up (TF log level, repo on sys.path)
-from accuracy import MODELS, SHARED, cross_folds  # noqa: E402
+from accuracy import SHARED, cross_folds, int8_bench_model, tflite_heads  # noqa: E402
 
 
 def folds_for(seed: int, images: Path, annotations: Path, k: int = 2
@@ -52,23 +52,13 @@ def folds_for(seed: int, images: Path, annotations: Path, k: int = 2
 
 def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say,
           k: int = 2) -> list[dict]:
-    import numpy as np
-    from darknet2tflite.builder import build_keras
     from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.cfg import parse_cfg
     from darknet2tflite.evaluate import _ap, detect, load_eval_images
-    from darknet2tflite.export import convert, head_groups, interpreter, run_tflite
-    from darknet2tflite.metadata import decode_metadata, read_names
-    from darknet2tflite.quantize import (QuantizeOptions, int8_from_keras, int8_rules,
-                                         tflite_head_outputs)
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.export import convert
+    from darknet2tflite.quantize import QuantizeOptions, int8_from_keras
     images = SHARED / "images" / "coco"
     annotations = images / "instances.json"
-    cfg_path, w_path = (SHARED / p for p in MODELS[name])
-    cfg = parse_cfg(cfg_path)
-    meta = decode_metadata(cfg, read_names(SHARED / "darknet" / "cfg" / "coco.names"))
-    model, _ = build_keras(cfg, read_weights(w_path, cfg), int8_rules())
-    groups = head_groups(model, meta)
+    cfg, meta, model, groups = int8_bench_model(name)
     fl = convert(model, mode="float32")
     rows = []
     for seed in seeds:
@@ -78,8 +68,7 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say,
         evals = [load_eval_images(ev, meta) for _, ev in folds]
         fdets, paths = [], []
         for batch, fp, sizes, _ in evals:
-            m = dict(meta, head_outputs=tflite_head_outputs(fl, model.output_names, groups))
-            fdets += detect(run_tflite(interpreter(fl, 2), batch, m), meta, sizes)
+            fdets += detect(tflite_heads(fl, model, meta, groups, batch), meta, sizes)
             paths += fp
         fa = _ap(meta, fdets, paths, annotations)
         for budget, mirror in settings:
@@ -89,8 +78,7 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say,
                 data, *_, split = int8_from_keras(model, arr, QuantizeOptions(
                     channel_split=budget, calibration_mirror=mirror, debug_images=0),
                     lambda _m: None)
-                m = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
-                qdets += detect(run_tflite(interpreter(data, 2), batch, m), meta, sizes)
+                qdets += detect(tflite_heads(data, model, meta, groups, batch), meta, sizes)
             qa = _ap(meta, qdets, paths, annotations)
             row = {"model": name, "seed": seed, "folds": k, "budget": budget, "mirror": mirror,
                    "images": len(paths),

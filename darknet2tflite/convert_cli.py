@@ -67,10 +67,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         raise UserError(f"--from-stage {args.from_stage}: expected one of {', '.join(STAGES)}")
     if args.eval_annotations is not None and args.eval_images is None:
         raise UserError("--eval-annotations needs --eval-images (the annotated images)")
-    check_options({k: getattr(args, k) for k in ("input_type", "variants", "calibration_limit",
-                                                  "float_fallback", "channel_split",
-                                                  "calibration_mirror")},
-                  spell=cli_flag, error=UserError)
+    check_options(vars(args), spell=cli_flag, error=UserError)
     variants = variant_list(args.variants)
     return {
         "cfg": _file(args.cfg, "cfg"),

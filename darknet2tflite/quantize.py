@@ -44,7 +44,7 @@ import numpy as np
 from .augment import MIRROR_TARGET, mirrored_count
 from .channel_split import MAC_BUDGET
 from .errors import InputError, UserError
-from .options import VARIANTS, check as check_options
+from .options import check as check_options
 
 Progress = Callable[[str], None]
 
@@ -64,7 +64,7 @@ class NotFullyIntegerError(UserError):
 class QuantizeOptions:
     input_type: str = "uint8"            # "uint8" (raw pixels) or "int8"
     ranges: str = "mse"                  # "mse" (refined) or "minmax" (TFLite default)
-    variants: tuple[str, ...] = ()       # any of VARIANTS
+    variants: tuple[str, ...] = ()       # any of options.VARIANTS
     float_fallback: int = 0              # keep the N worst layers float (extra model file)
     calibration_limit: int | None = None  # use only the first N images of the array
     debug_images: int = 16               # images for QuantizationDebugger layer stats
@@ -154,7 +154,7 @@ def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | No
 
     Same figures as TFLite's calibrator (global min/max per tensor; equal to 1e-6 relative
     on yolov4-tiny), but about 5x faster per image here: the calibrator runs its logging
-    kernels at ~0.3 s per 416x416 image, this loop ~0.05 s. That is what keeps a 500-photo
+    kernels at ~0.3 s per 416x416 image, this loop ~0.05-0.07 s. That is what keeps a 500-photo
     calibration folder within the conversion-time target."""
     ranges = calibrated_ranges(annotated)
     it = _tensor_interpreter(annotated)
