@@ -613,7 +613,6 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
         "channel_split": {k: v["channels"] for k, v in split["layers"].items()}})
     paths["tflite_int8"] = save_tflite(data, out / "model.int8.tflite", imeta)
 
-    out_map = output_layer_map(meta, heads_int8)
     layer_errs: list[dict[str, Any]] = []
     fallback = None
     if opts.debug_images or opts.float_fallback:
