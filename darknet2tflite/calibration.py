@@ -30,7 +30,8 @@ from .atomic import atomic_write_bytes
 from .cache import cache_root
 from .cfg import DarknetConfig, parse_cfg
 from .errors import InputError
-from .images import IMAGE_EXTENSIONS, ImageError, find_images, load_rgb, preprocess
+from .images import (IMAGE_EXTENSIONS, NETWORK_CHANNELS, ImageError, check_network_channels,
+                     find_images, load_network_image, preprocess)
 
 __all__ = [
     "CalibrationWarning", "DEFAULT_LIMIT", "calibrate", "calibration_images", "cache_dir",
@@ -162,6 +163,10 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
     usable image at all raises :class:`InputError`."""
     cfg = _as_cfg(cfg)
     say = progress or (lambda _m: None)
+    try:
+        check_network_channels(cfg.channels, f"{cfg.path}: ")
+    except ImageError as e:
+        raise InputError(str(e)) from None
     paths = calibration_images(calibration_dir, limit, exclude, seed)
     key = _cache_key(cfg, paths)
     if out_npy is None:
@@ -177,7 +182,7 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
             info = {}
         if info.get("key") == key:
             arr = np.load(out, mmap_mode="r")
-            if arr.shape[1:] == (cfg.height, cfg.width, 3) and arr.shape[0] == len(info["images"]):
+            if arr.shape[1:] == (cfg.height, cfg.width, cfg.channels) and arr.shape[0] == len(info["images"]):
                 say(f"calibration: reusing cached {arr.shape[0]} preprocessed images ({out})")
                 if info.get("skipped"):
                     _warn_skipped([(s["file"], s["reason"]) for s in info["skipped"]], say)
@@ -187,16 +192,16 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
     mode = "letterbox" if cfg.letter_box else "stretch"
     say(f"calibration: preprocessing {len(paths)} images from {calibration_dir} "
         f"({cfg.width}x{cfg.height}, Darknet {mode} resize)")
-    arr = np.empty((len(paths), cfg.height, cfg.width, 3), np.float32)
+    arr = np.empty((len(paths), cfg.height, cfg.width, cfg.channels), np.float32)
     used: list[str] = []
     skipped: list[tuple[str, str]] = []
     for i, p in enumerate(paths, 1):
         try:
-            rgb = load_rgb(p)
+            pixels = load_network_image(p, cfg.channels)
         except ImageError as e:
             skipped.append((str(p), str(e)))
         else:
-            arr[len(used)] = preprocess(rgb, cfg.width, cfg.height, cfg.letter_box)
+            arr[len(used)] = preprocess(pixels, cfg.width, cfg.height, cfg.letter_box)
             used.append(str(p))
         if i % max(progress_every, 1) == 0 or i == len(paths):
             say(f"calibration: {i}/{len(paths)} images read"
@@ -210,7 +215,7 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
     arr = arr[:len(used)]
     _atomic_save_npy(out, arr)
     atomic_write_bytes(side, (json.dumps({
-        "key": key, "cfg": cfg.path.name, "input": [cfg.height, cfg.width, 3],
+        "key": key, "cfg": cfg.path.name, "input": [cfg.height, cfg.width, cfg.channels],
         "letter_box": bool(cfg.letter_box), "images": used,
         "skipped": [{"file": f, "reason": r} for f, r in skipped]}, indent=1) + "\n").encode())
     if out_npy is None:
@@ -228,8 +233,8 @@ def _warn_skipped(skipped: list[tuple[str, str]], say: Progress) -> None:
 def load_calibration(npy: str | os.PathLike[str]) -> np.ndarray:
     """The cached array, memory-mapped (read-only): a 500-image set need not fit twice."""
     arr = np.load(npy, mmap_mode="r")
-    if arr.ndim != 4 or arr.shape[0] == 0 or arr.shape[-1] != 3:
-        raise InputError(f"{npy}: not a calibration array (expected N x H x W x 3, N >= 1, "
+    if arr.ndim != 4 or arr.shape[0] == 0 or arr.shape[-1] not in NETWORK_CHANNELS:
+        raise InputError(f"{npy}: not a calibration array (expected N x H x W x 3 or 1, N >= 1, "
                          f"got shape {arr.shape})")
     return arr
 

@@ -86,7 +86,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .decode import decode_heads
     from .draw import draw_detections, save_image
     from .export import interpreter, run_tflite
-    from .images import ImageError, load_rgb, preprocess
+    from .images import ImageError, load_network_image, load_rgb, preprocess
     from .metadata import read_tflite_metadata
 
     model = _existing_file(args.model)
@@ -97,12 +97,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if meta is None:
         raise UserError(f"{model}: no darknet2tflite metadata in the file and no model.json "
                         "beside it")
+    inp = meta["input"]
     try:
-        rgb = load_rgb(_existing_file(args.image))
+        rgb = load_rgb(_existing_file(args.image))   # drawn on
+        pixels = rgb if int(inp.get("channels", 3)) == 3 else \
+            load_network_image(args.image, int(inp["channels"]))
     except ImageError as e:
         raise UserError(str(e)) from None
-    inp = meta["input"]
-    x = preprocess(rgb, inp["width"], inp["height"], bool(inp["letter_box"]))[None]
+    x = preprocess(pixels, inp["width"], inp["height"], bool(inp["letter_box"]))[None]
     heads = run_tflite(interpreter(model, threads=args.threads), x.astype(np.float32), meta)
     dets = decode_heads(heads, meta, rgb.shape[1], rgb.shape[0], conf_thresh=args.conf,
                         nms_thresh=args.nms)

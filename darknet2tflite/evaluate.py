@@ -112,19 +112,19 @@ def eval_image_list(eval_images: str | Path | Sequence[str | Path],
 
 def load_eval_images(paths: Sequence[Path], meta: Mapping[str, Any]
                      ) -> tuple[np.ndarray, list[Path], list[tuple[int, int]], list[str]]:
-    from .images import ImageError, load_rgb, preprocess
+    from .images import ImageError, load_network_image, preprocess
     inp = meta["input"]
     arrs, kept, sizes, skipped = [], [], [], []
     for p in paths:
         try:
-            rgb = load_rgb(p)
+            pixels = load_network_image(p, int(inp.get("channels", 3)))
         except ImageError as e:
             skipped.append(str(e))
             continue
-        arrs.append(preprocess(rgb, int(inp["width"]), int(inp["height"]),
+        arrs.append(preprocess(pixels, int(inp["width"]), int(inp["height"]),
                                bool(inp.get("letter_box"))))
         kept.append(Path(p))
-        sizes.append((rgb.shape[1], rgb.shape[0]))
+        sizes.append((pixels.shape[1], pixels.shape[0]))
     if not arrs:
         raise InputError(f"none of the {len(paths)} evaluation images could be read")
     return np.stack(arrs), kept, sizes, skipped

@@ -1,7 +1,7 @@
 """Image discovery, loading and Darknet-style network input preparation.
 
-Every model this project writes takes NHWC RGB input with value = pixel / 255 (see
-docs/ARCHITECTURE.md), so this module is the single place that turns files on disk into
+Every model this project writes takes NHWC input with value = pixel / 255, RGB for
+``channels=3`` and grey for ``channels=1`` cfgs (see docs/ARCHITECTURE.md), so this module is the single place that turns files on disk into
 that tensor. Darknet-exactness matters here: calibration data and evaluation must see
 the same pixels Darknet would feed the network, otherwise float-vs-int8 comparisons and
 mAP numbers drift for reasons that have nothing to do with the conversion.
@@ -25,12 +25,16 @@ __all__ = [
     "find_images",
     "letterbox_params",
     "load_batch",
+    "load_network_image",
     "load_rgb",
     "preprocess",
     "resize_darknet",
 ]
 
 IMAGE_EXTENSIONS: set[str] = {".jpg", ".jpeg", ".png", ".bmp"}
+
+#: input channel counts Darknet's image loader feeds (``[net] channels``).
+NETWORK_CHANNELS = (1, 3)
 
 ResizeMethod = Literal["darknet", "opencv"]
 
@@ -93,14 +97,7 @@ def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     value instead of being truncated. Palette images arrive already expanded by libpng.
     """
     p = Path(path)
-    try:
-        img = cv2.imread(str(p), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    except cv2.error as exc:  # some decoders raise instead of returning None
-        raise ImageError(f"{p}: cannot decode image ({str(exc).strip().splitlines()[-1]})") from exc
-    if img is None or img.size == 0:
-        reason = "file not found" if not p.exists() else "not a readable image (corrupt or unsupported format)"
-        raise ImageError(f"{p}: {reason}")
-    img = _to_uint8(img, p)
+    img = _read(p, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img.ndim == 2:
         return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
     channels = img.shape[2]
@@ -113,6 +110,44 @@ def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     if channels == 2:  # gray + alpha (only reachable with exotic decoders)
         return np.ascontiguousarray(np.repeat(img[:, :, :1], 3, axis=2))
     raise ImageError(f"{p}: unsupported channel count {channels}")
+
+
+def _read(p: Path, flags: int) -> np.ndarray:
+    try:
+        img = cv2.imread(str(p), flags)
+    except cv2.error as exc:  # some decoders raise instead of returning None
+        raise ImageError(f"{p}: cannot decode image ({str(exc).strip().splitlines()[-1]})") from exc
+    if img is None or img.size == 0:
+        reason = "file not found" if not p.exists() else "not a readable image (corrupt or unsupported format)"
+        raise ImageError(f"{p}: {reason}")
+    return _to_uint8(img, p)
+
+
+def load_gray(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file to uint8 HxWx1 grey the way Darknet does for ``channels=1``.
+
+    Darknet's ``load_image_mat`` reads such networks' images with ``IMREAD_GRAYSCALE``,
+    which for JPEG takes the decoder's own luma (not a conversion of the decoded RGB), so
+    the same flag is used here; ``IMREAD_ANYDEPTH`` keeps 16-bit samples for rescaling.
+    """
+    p = Path(path)
+    img = _read(p, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    if img.ndim == 3:  # decoders that ignore the grey request
+        img = img[:, :, 0]
+    return np.ascontiguousarray(img[:, :, None])
+
+
+def check_network_channels(channels: int, where: str = "") -> None:
+    """Refuse input channel counts no image file maps to, before any image is read."""
+    if int(channels) not in NETWORK_CHANNELS:
+        raise ImageError(f"{where}[net] channels={channels}: images can only be fed to networks "
+                         "with channels=3 (RGB) or channels=1 (grey)")
+
+
+def load_network_image(path: str | os.PathLike[str], channels: int = 3) -> np.ndarray:
+    """The uint8 HxWxC pixels a ``[net] channels=C`` network sees: RGB or Darknet grey."""
+    check_network_channels(channels)
+    return load_rgb(path) if int(channels) == 3 else load_gray(path)
 
 
 class LetterboxParams(NamedTuple):
@@ -205,7 +240,9 @@ def preprocess(
     letter_box: bool,
     method: ResizeMethod = "darknet",
 ) -> np.ndarray:
-    """Prepare one image exactly as Darknet feeds its network: float32 (H, W, 3) in [0, 1].
+    """Prepare one image exactly as Darknet feeds its network: float32 (H, W, C) in [0, 1].
+
+    ``rgb_uint8`` is HxWx3 RGB or HxWx1 grey (``load_network_image``); C follows it.
 
     Stretch mode is Darknet's ``resize_image`` and letterbox mode is ``letterbox_image``
     (aspect kept, centred, borders filled with 0.5). Resizing happens after the /255 on
@@ -214,8 +251,8 @@ def preprocess(
     ``cv2.dnn.blobFromImage`` does; it exists only to match OpenCV-DNN pipelines, the
     default reproduces Darknet itself. The two differ by at most a few grey levels.
     """
-    if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3:
-        raise ValueError(f"preprocess expects HxWx3 RGB, got shape {rgb_uint8.shape}")
+    if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] not in NETWORK_CHANNELS:
+        raise ValueError(f"preprocess expects HxWx3 RGB or HxWx1 grey, got shape {rgb_uint8.shape}")
     # Darknet computes (float)(byte / 255.) in double, then stores a float.
     img01 = (rgb_uint8.astype(np.float64) / 255.0).astype(np.float32)
     if not letter_box:
@@ -224,7 +261,7 @@ def preprocess(
         h, w = rgb_uint8.shape[:2]
         lb = letterbox_params(w, h, width, height)
         resized = _resize(img01, lb.new_w, lb.new_h, method)
-        out = np.full((height, width, 3), 0.5, dtype=np.float32)
+        out = np.full((height, width, rgb_uint8.shape[2]), 0.5, dtype=np.float32)
         out[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] = resized
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
@@ -235,24 +272,26 @@ def load_batch(
     height: int,
     letter_box: bool,
     method: ResizeMethod = "darknet",
+    channels: int = 3,
 ) -> tuple[np.ndarray, list[tuple[Path, str]]]:
     """Load and preprocess many images, skipping (not failing on) unusable files.
 
     Real image folders contain the odd corrupt or truncated file; one bad file must not
     abort a calibration or evaluation run, but it must be reported, hence the skip list.
     """
+    check_network_channels(channels)
     arrays: list[np.ndarray] = []
     skipped: list[tuple[Path, str]] = []
     for raw in paths:
         path = Path(raw)
         try:
-            rgb = load_rgb(path)
+            pixels = load_network_image(path, channels)
         except ImageError as exc:
             skipped.append((path, str(exc)))
             continue
-        arrays.append(preprocess(rgb, width, height, letter_box, method))
+        arrays.append(preprocess(pixels, width, height, letter_box, method))
     if arrays:
         batch = np.stack(arrays).astype(np.float32, copy=False)
     else:
-        batch = np.zeros((0, height, width, 3), dtype=np.float32)
+        batch = np.zeros((0, height, width, channels), dtype=np.float32)
     return batch, skipped

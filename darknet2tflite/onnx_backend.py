@@ -459,7 +459,7 @@ def onnx2tf_convert(onnx_path: str | Path, out_dir: str | Path, calibration: np.
                     eval_batch: np.ndarray | None = None, latency_runs: int = 10) -> dict:
     """ONNX -> onnx2tf -> float32 and full-integer int8 TFLite, offline, with our calibration.
 
-    ``calibration``: (N, H, W, 3) float32 pixel/255 images, passed to onnx2tf explicitly
+    ``calibration``: (N, H, W, C) float32 pixel/255 images, passed to onnx2tf explicitly
     (-cind). ``quantizer``: "onnx2tf" uses onnx2tf's own full-integer path
     (*_full_integer_quant.tflite; note it also writes int16-activation variants, which costs
     time); "tflite" takes onnx2tf's SavedModel and calibrates it with TFLiteConverter exactly
@@ -499,8 +499,9 @@ def onnx2tf_convert(onnx_path: str | Path, out_dir: str | Path, calibration: np.
         io_ = onnx_io(onnx_path)
         result["layout"] = io_["layout"]
         cal = np.asarray(calibration, dtype=np.float32)
-        if cal.ndim != 4 or cal.shape[-1] != 3 or len(cal) == 0:
-            raise ValueError(f"calibration must be (N, H, W, 3), got {cal.shape}")
+        c = int(meta["input"].get("channels", 3))
+        if cal.ndim != 4 or cal.shape[-1] != c or len(cal) == 0:
+            raise ValueError(f"calibration must be (N, H, W, {c}), got {cal.shape}")
         h, w = meta["input"]["height"], meta["input"]["width"]
         if cal.shape[1:3] != (h, w):
             raise ValueError(f"calibration images are {cal.shape[1:3]}, the model takes {(h, w)}")
@@ -522,8 +523,8 @@ def onnx2tf_convert(onnx_path: str | Path, out_dir: str | Path, calibration: np.
             input_onnx_file_path=str(onnx_path), output_folder_path=str(saved),
             output_signaturedefs=True, non_verbose=True,
             custom_input_op_name_np_data_path=[[in_name, str(npy),
-                                                np.zeros((1, 1, 1, 3), np.float32),
-                                                np.ones((1, 1, 1, 3), np.float32)]],
+                                                np.zeros((1, 1, 1, c), np.float32),
+                                                np.ones((1, 1, 1, c), np.float32)]],
             copy_onnx_input_output_names_to_tflite=False,  # would curl schema.fbs
         )
         if io_["layout"] == "NHWC":

@@ -196,14 +196,18 @@ def build_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
 
 
 def parity_images(images: str | Path | None, width: int, height: int, letter_box: bool,
-                  limit: int = 4) -> tuple[np.ndarray, list[str]]:
-    from .images import find_images, load_batch
+                  limit: int = 4, channels: int = 3) -> tuple[np.ndarray, list[str]]:
+    from .images import ImageError, check_network_channels, find_images, load_batch
+    try:
+        check_network_channels(channels)
+    except ImageError as e:
+        raise UserError(str(e)) from None
     folder = Path(images) if images else DEFAULT_IMAGES
     paths = find_images(folder, limit=None)
     if not paths:
         raise UserError(f"no images (jpg/png/bmp) found in {folder}")
     paths = sorted(paths)[:limit]
-    batch, skipped = load_batch(paths, width, height, letter_box)
+    batch, skipped = load_batch(paths, width, height, letter_box, channels=channels)
     if len(batch) == 0:
         raise UserError(f"none of the images in {folder} could be read: {skipped}")
     return batch, [p.name for p in paths if p not in {s for s, _ in skipped}]
@@ -224,7 +228,8 @@ def parity_stage(cfg_path: str | Path, weights_path: str | Path, keras_path: str
     tol = PARITY_TOLERANCE if tolerance is None else tolerance
     cfg = parse_cfg(cfg_path)
     meta = json.loads(Path(meta_path).read_text())
-    batch, names = parity_images(images, cfg.width, cfg.height, cfg.letter_box)
+    batch, names = parity_images(images, cfg.width, cfg.height, cfg.letter_box,
+                                 channels=cfg.channels)
     progress(f"parity on {len(batch)} images: Keras, float32 TFLite vs OpenCV DNN")
     ok, reason = opencv_supports(cfg_path)
     result: dict = {"images": names, "tolerance": tol, "reference": "opencv-dnn "

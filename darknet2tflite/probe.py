@@ -911,12 +911,14 @@ def choose_rules(prober: Prober, before: ProbeReport, profiles: Sequence[Profile
 
 
 def load_images(images: Any, cfg: DarknetConfig, limit: int = 8) -> np.ndarray:
-    """(N, H, W, C) float32 RGB/255 at the net size from an array, image paths or a folder
-    (plain resize: both models compared see the same pixels, so Darknet-exact
-    letterboxing is irrelevant to a float-vs-float deviation)."""
+    """(N, H, W, C) float32 pixels/255 (RGB, or grey for ``channels=1``) at the net size
+    from an array, image paths or a folder (plain resize: both models compared see the same
+    pixels, so Darknet-exact letterboxing is irrelevant to a float-vs-float deviation)."""
     if isinstance(images, np.ndarray):
         return images.astype(np.float32)
     import cv2
+
+    from .images import ImageError, load_network_image
     paths: list[Path] = []
     for item in ([images] if isinstance(images, (str, Path)) else list(images)):
         p = Path(item)
@@ -927,12 +929,12 @@ def load_images(images: Any, cfg: DarknetConfig, limit: int = 8) -> np.ndarray:
             paths.append(p)
     out = []
     for p in paths[:limit]:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            raise InputError(f"{p}: cannot read image")
-        img = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (cfg.width, cfg.height),
-                         interpolation=cv2.INTER_LINEAR)
-        out.append(img.astype(np.float32) / 255.0)
+        try:
+            img = load_network_image(p, cfg.channels)
+        except ImageError as e:
+            raise InputError(str(e)) from None
+        img = cv2.resize(img, (cfg.width, cfg.height), interpolation=cv2.INTER_LINEAR)
+        out.append(img.reshape(cfg.height, cfg.width, -1).astype(np.float32) / 255.0)
     if not out:
         raise InputError(f"no images found in {images}")
     return np.stack(out)

@@ -15,6 +15,7 @@ from darknet2tflite.images import (
     find_images,
     letterbox_params,
     load_batch,
+    load_network_image,
     load_rgb,
     preprocess,
     resize_darknet,
@@ -301,3 +302,44 @@ def test_load_batch_real_samples() -> None:
     batch, skipped = load_batch(paths, 416, 416, letter_box=True)
     assert batch.shape == (8, 416, 416, 3) and not skipped
     assert os.path.basename(str(paths[0])).endswith(".jpg")
+
+
+# ---------------------------------------------------------------- channels=1 networks
+
+
+def test_grey_network_reads_like_darknet_imread_grayscale(tmp_path: Path) -> None:
+    """Darknet loads a channels=1 network's images with IMREAD_GRAYSCALE (for JPEG the
+    decoder's own luma), so the grey pixels must equal OpenCV's, not a mean of RGB."""
+    if not SAMPLES.is_dir():
+        pytest.skip(f"shared sample images not found at {SAMPLES}")
+    for name in ("dog.jpg", "person.jpg"):
+        grey = load_network_image(SAMPLES / name, channels=1)
+        want = cv2.imread(str(SAMPLES / name), cv2.IMREAD_GRAYSCALE)
+        assert grey.shape == want.shape + (1,) and grey.dtype == np.uint8
+        assert np.array_equal(grey[..., 0], want)
+        assert not np.array_equal(grey[..., 0], load_rgb(SAMPLES / name).mean(axis=2).astype(np.uint8))
+    assert np.array_equal(load_network_image(SAMPLES / "dog.jpg", 3), load_rgb(SAMPLES / "dog.jpg"))
+    # 16-bit grey is rescaled by value, colour PNG with alpha becomes grey
+    vals = np.array([0, 257, 65535], dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "g16.png"), np.tile(vals, (2, 1)))
+    assert load_network_image(tmp_path / "g16.png", 1)[0, :, 0].tolist() == [0, 1, 255]
+    bgra = np.zeros((3, 4, 4), np.uint8)
+    bgra[..., 1], bgra[..., 3] = 200, 7
+    cv2.imwrite(str(tmp_path / "a.png"), bgra)
+    assert load_network_image(tmp_path / "a.png", 1).shape == (3, 4, 1)
+
+
+def test_grey_preprocess_and_batches_keep_one_channel(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "wide.png"), np.full((10, 40, 3), 255, np.uint8))
+    grey = load_network_image(tmp_path / "wide.png", 1)
+    x = preprocess(grey, 32, 32, letter_box=True)
+    assert x.shape == (32, 32, 1)
+    assert np.allclose(x[0], 0.5) and np.allclose(x[16], 1.0)  # letterbox bars stay 0.5
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    batch, skipped = load_batch([tmp_path / "wide.png", tmp_path / "bad.jpg"], 16, 8, False,
+                                channels=1)
+    assert batch.shape == (1, 8, 16, 1) and len(skipped) == 1
+    with pytest.raises(ImageError, match="channels=4"):
+        load_batch([tmp_path / "wide.png"], 16, 8, False, channels=4)
+    with pytest.raises(ImageError, match="channels=2"):
+        load_network_image(tmp_path / "wide.png", 2)

@@ -21,9 +21,10 @@ from conftest import CFG_DIR
 from test_cfg import cfg_text
 
 
-def _synthetic(tmp_path: Path, body: str, size: int = 32, seed: int = 0) -> tuple[Path, Path]:
+def _synthetic(tmp_path: Path, body: str, size: int = 32, seed: int = 0,
+               channels: int = 3) -> tuple[Path, Path]:
     cfg_path = tmp_path / "synthetic.cfg"
-    cfg_path.write_text(cfg_text(body, net=f"width={size}\nheight={size}\nchannels=3"))
+    cfg_path.write_text(cfg_text(body, net=f"width={size}\nheight={size}\nchannels={channels}"))
     cfg = parse_cfg(cfg_path)
     w_path = tmp_path / "synthetic.weights"
     write_weights(w_path, cfg, random_weights(cfg, seed))
@@ -41,7 +42,8 @@ def _assert_opencv_parity(cfg_path: Path, w_path: Path, n_images: int = 2) -> fl
     cfg = parse_cfg(cfg_path)
     ok, reason = opencv_supports(cfg_path)
     assert ok, reason
-    batch, _ = parity_images(None, cfg.width, cfg.height, cfg.letter_box, limit=n_images)
+    batch, _ = parity_images(None, cfg.width, cfg.height, cfg.letter_box, limit=n_images,
+                             channels=cfg.channels)
     ref = opencv_heads(cfg_path, w_path, batch)
     rows = compare_heads(ref, _keras_heads(cfg_path, w_path, batch))
     worst = max(r.max_rel for r in rows)
@@ -118,6 +120,15 @@ def test_synthetic_sections_match_opencv(tmp_path: Path, case: str) -> None:
     ok, reason = opencv_supports(cfg_path)
     if not ok:
         pytest.skip(f"OpenCV cannot import this section: {reason}")
+    _assert_opencv_parity(cfg_path, w_path)
+
+
+def test_grey_network_matches_opencv(tmp_path: Path) -> None:
+    """A ``channels=1`` cfg (grey cameras) is fed one-channel pixels end to end: the parity
+    images have one channel and OpenCV's importer agrees with the Keras model."""
+    cfg_path, w_path = _synthetic(tmp_path, SYNTHETIC["upsample_route"], channels=1)
+    batch, _ = parity_images(None, 32, 32, False, limit=2, channels=1)
+    assert batch.shape == (2, 32, 32, 1)
     _assert_opencv_parity(cfg_path, w_path)
 
 

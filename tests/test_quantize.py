@@ -359,3 +359,48 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
         assert abs(ours[name][1] - lo) <= tol and abs(ours[name][2] - hi) <= tol, name
     # the 2-photo annotation alone is not enough: more photos widen some ranges
     assert any(few[n][2] < theirs[n][2] - 1e-3 for n in theirs)
+
+
+def test_grey_network_converts_full_integer_with_float_fallback(tmp_path, coco_images,
+                                                                cache_env):
+    """A ``[net] channels=1`` model (grey cameras) is calibrated and evaluated on
+    Darknet-grey pixels and ships a one-channel uint8 input; ``float_fallback=1`` also
+    writes the fallback model with exactly one Darknet layer left float."""
+    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.evaluate import run_model
+    from darknet2tflite.images import load_network_image
+    from darknet2tflite.quantize import check_integer, convert_int8, input_quantization
+    from darknet2tflite.weights import random_weights, write_weights
+    from test_cfg import cfg_text
+    body = "".join(f"[convolutional]\nbatch_normalize=1\nfilters={f}\nsize=3\nstride={s}\n"
+                   "pad=1\nactivation=leaky\n\n" for f, s in ((8, 2), (16, 2), (16, 1)))
+    cfg_path = tmp_path / "grey.cfg"
+    cfg_path.write_text(cfg_text(body, net="width=64\nheight=64\nchannels=1"))
+    w_path = tmp_path / "grey.weights"
+    write_weights(w_path, parse_cfg(cfg_path), random_weights(parse_cfg(cfg_path), seed=2))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    photos = sorted(coco_images.glob("*.jpg"))[:6]
+    for p in photos:
+        (calib / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    report = convert_int8(cfg_path, w_path, out, calib, progress=None, latency_runs=2,
+                          draw=1, float_fallback=1)
+    data = (out / "model.int8.tflite").read_bytes()
+    assert check_integer(data, "uint8")["full_integer"]
+    dtype, scale, zp = input_quantization(data)
+    assert dtype == "UINT8" and np.float32(scale) == np.float32(1 / 255) and zp == 0
+    import tensorflow as tf
+    assert list(tf.lite.Interpreter(model_content=data).get_input_details()[0]["shape"]) \
+        == [1, 64, 64, 1]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["input"]["channels"] == 1
+    x = preprocess(load_network_image(photos[0], 1), 64, 64, False)[None]
+    f_head, = run_model(out / "model.float32.tflite", x, meta)
+    q_head, = run_model(out / "model.int8.tflite", x, meta)
+    assert f_head.shape == q_head.shape == (1, 16, 16, 21)
+    cos = float(np.sum(f_head * q_head) / np.linalg.norm(f_head) / np.linalg.norm(q_head))
+    assert cos > 0.99, cos
+    fb = report["float_fallback"]
+    assert len(fb["layers"]) == 1 and fb["float_ops"]
+    assert (out / "model.int8-fallback.tflite").is_file()
