@@ -9,11 +9,16 @@ included), then quantizes ``--draws`` times with every activation range scaled b
 (1 + k * 1e-6), k = 0, 1, ...; nothing else changes. Each draw is scored on the same photos
 (in-sample: the photos also calibrated it; the spread, not the level, is the point).
 
+``--jitter SIGMA`` draws differently: each range bound is scaled by its own 1 + SIGMA*z
+(z ~ N(0, 1)); with SIGMA ~0.02 (how far the ranges of two calibration sets lie apart) the
+mean also averages over the calibration-set spread, which is what comparing two range
+methods needs (the same seeds are used for every method, so the draws are paired).
+
 Prints per draw AP / AP50 loss vs float32 and the RMS difference of its raw heads from draw 0
 relative to the RMS int8 error of draw 0; then mean, standard deviation and range.
 
 Usage: .venv/bin/python bench/int8_noise.py [--models yolov4-tiny] [--draws 8]
-       [--budget B] [--mirror N] [--hist-images N]
+       [--budget B] [--mirror N] [--hist-images N] [--ranges METHOD] [--jitter SIGMA]
        [--calibration-limit N [--subset-seed S]] [--json bench/results/int8_noise.json]
 """
 from __future__ import annotations
@@ -30,26 +35,31 @@ from accuracy import SHARED, int8_bench_model, tflite_heads  # noqa: E402
 STEP = 1e-6
 
 
-def redraw(refined: bytes, k: int) -> bytes:
-    """``refined`` with every activation range except the input's scaled by 1 + k*STEP."""
+def redraw(refined: bytes, k: int, jitter: float = 0.0) -> bytes:
+    """``refined`` with every activation range except the input's scaled by 1 + k*STEP, or
+    with ``jitter`` > 0 each range bound by its own 1 + jitter*z (z ~ N(0, 1), seed k):
+    ranges a few percent off, as another calibration set would give them."""
+    import numpy as np
     from darknet2tflite.quantize import _to_bytes, _to_obj
-    if k == 0:
+    if k == 0 and not jitter:
         return refined
     m = _to_obj(refined)
     g = m.subgraphs[0]
     inputs = {int(i) for i in g.inputs}
-    f = 1.0 + k * STEP
+    rng = np.random.default_rng(1000 + k)
     for i, t in enumerate(g.tensors):
         q = t.quantization
         if i in inputs or q is None or q.min is None or len(q.min) != 1:
             continue
-        q.min, q.max = [float(q.min[0]) * f], [float(q.max[0]) * f]
+        f = 1.0 + jitter * rng.standard_normal(2) if jitter else (1.0 + k * STEP,) * 2
+        q.min, q.max = [float(q.min[0]) * f[0]], [float(q.max[0]) * f[1]]
     return _to_bytes(m)
 
 
 def bench(name: str, draws: int, say, budget: float | None = None, mirror: int | None = None,
           hist_images: int | None = None, limit: int | None = None,
-          subset_seed: int | None = None) -> dict:
+          subset_seed: int | None = None, ranges: str | None = None,
+          jitter: float = 0.0) -> dict:
     import numpy as np
     from darknet2tflite.augment import mirror_augment
     from darknet2tflite.calibration import calibrate, load_calibration
@@ -79,20 +89,21 @@ def bench(name: str, draws: int, say, budget: float | None = None, mirror: int |
     budget = opts.channel_split if budget is None else budget
     mirror = opts.calibration_mirror if mirror is None else mirror
     hist_images = HIST_MAX_IMAGES if hist_images is None else hist_images
+    ranges = opts.ranges if ranges is None else ranges
     split_model, _ = split_outlier_channels(model, arr, budget=budget)
     calib = mirror_augment(arr, mirror)
-    refined, _ = refine_ranges(calibrate_model(split_model, calib), calib,
+    refined, _ = refine_ranges(calibrate_model(split_model, calib), calib, ranges,
                                hist_images=hist_images)
     rows, base = [], None
     for k in range(draws):
-        heads = heads_of(quantize_calibrated(redraw(refined, k)))
+        heads = heads_of(quantize_calibrated(redraw(refined, k, jitter)))
         qa = _ap(meta, detect(heads, meta, sizes), paths, annotations)
         flat = np.concatenate([h.ravel() for h in heads])
         if base is None:
             base = flat
             err = float(np.sqrt(np.mean((flat - np.concatenate(
                 [h.ravel() for h in fheads])) ** 2)))
-        row = {"draw": k, "scale_factor": 1.0 + k * STEP,
+        row = {"draw": k, "scale_factor": None if jitter else 1.0 + k * STEP,
                "dAP": round(qa["AP"] - fa["AP"], 3), "dAP50": round(qa["AP50"] - fa["AP50"], 3),
                "head_rms_diff_vs_draw0": round(float(np.sqrt(np.mean((flat - base) ** 2))), 5),
                "relative_to_int8_error": round(float(np.sqrt(np.mean((flat - base) ** 2))) / err,
@@ -104,7 +115,7 @@ def bench(name: str, draws: int, say, budget: float | None = None, mirror: int |
     return {"model": name, "images": len(paths), "float_AP": fa["AP"], "float_AP50": fa["AP50"],
             "setting": {"channel_split": budget, "calibration_mirror": mirror,
                         "hist_images": hist_images, "calibration_images": len(arr),
-                        "subset_seed": subset_seed},
+                        "subset_seed": subset_seed, "ranges": ranges, "jitter": jitter},
             "int8_head_rms_error": round(err, 5), "draws": rows,
             "AP_loss": {"mean": round(float(ap.mean()), 3), "std": round(float(ap.std(ddof=1)), 3)
                         if len(ap) > 1 else 0.0, "min": float(ap.min()), "max": float(ap.max())},
@@ -127,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="calibrate on the first N photos only (default: all)")
     p.add_argument("--subset-seed", type=int, default=None,
                    help="with --calibration-limit: a seeded random subset of the photos")
+    p.add_argument("--ranges", default=None,
+                   help="activation range method (default: the product's)")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="draws scale each range bound by 1 + JITTER*N(0,1) instead of "
+                   "1 + k*1e-6 (e.g. 0.02: range changes as large as another calibration "
+                   "set makes, so the mean also averages over calibrations)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     if a.draws < 2:
@@ -135,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
         return 2
     results = [bench(n, a.draws, lambda m: print(m, flush=True), a.budget, a.mirror,
-                     a.hist_images, a.calibration_limit, a.subset_seed)
+                     a.hist_images, a.calibration_limit, a.subset_seed, a.ranges, a.jitter)
                for n in a.models.split(",")]
     print("\nmodel        draws  AP loss mean (std, range)     AP50 loss mean (std, range)")
     for r in results:

@@ -9,12 +9,13 @@ different random halvings of the annotated photos (seed 0 = the product's own
 by an int8 model calibrated without it, float32 on the same photos.
 
 Settings, every combination of ``--budgets``: the outlier channel split budget (extra MACs
-as a fraction of the model's, darknet2tflite/channel_split.py; 0 = off, 0.15 = the default)
-and ``--mirrors``: calibration sets smaller than this are completed with mirrored photos
-(darknet2tflite/augment.py; 0 = off, 256 = the default).
+as a fraction of the model's, darknet2tflite/channel_split.py; 0 = off, 0.15 = the default),
+``--mirrors``: calibration sets smaller than this are completed with mirrored photos
+(darknet2tflite/augment.py; 0 = off, 256 = the default) and ``--ranges``: the activation
+range methods (quantize.refine_ranges; default: the product's).
 
 Usage: .venv/bin/python bench/int8_splits.py [--models yolov4-tiny,yolov3-tiny]
-       [--seeds 0,1,2] [--folds 2] [--budgets 0,0.15] [--mirrors 0,256]
+       [--seeds 0,1,2] [--folds 2] [--budgets 0,0.15] [--mirrors 0,256] [--ranges mse,mse-tail]
        [--json bench/results/int8_splits.json]
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ def folds_for(seed: int, images: Path, annotations: Path, k: int = 2
     return [([Path(p) for p in part], [Path(p) for p in part]) for part in parts]
 
 
-def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say,
+def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str]], say,
           k: int = 2) -> list[dict]:
     from darknet2tflite.calibration import calibrate, load_calibration
     from darknet2tflite.evaluate import _ap, detect, load_eval_images
@@ -71,16 +72,18 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int]], say,
             fdets += detect(tflite_heads(fl, model, meta, groups, batch), meta, sizes)
             paths += fp
         fa = _ap(meta, fdets, paths, annotations)
-        for budget, mirror in settings:
+        for budget, mirror, ranges in settings:
             t0 = time.perf_counter()
             qdets, split = [], {}
             for arr, (batch, fp, sizes, _) in zip(arrays, evals):
                 data, *_, split = int8_from_keras(model, arr, QuantizeOptions(
-                    channel_split=budget, calibration_mirror=mirror, debug_images=0),
+                    channel_split=budget, calibration_mirror=mirror, ranges=ranges,
+                    debug_images=0),
                     lambda _m: None)
                 qdets += detect(tflite_heads(data, model, meta, groups, batch), meta, sizes)
             qa = _ap(meta, qdets, paths, annotations)
             row = {"model": name, "seed": seed, "folds": k, "budget": budget, "mirror": mirror,
+                   "ranges": ranges,
                    "images": len(paths),
                    "float_AP": fa["AP"], "float_AP50": fa["AP50"],
                    "int8_AP": qa["AP"], "int8_AP50": qa["AP50"],
@@ -97,11 +100,13 @@ def summary(rows: list[dict]) -> list[dict]:
     import numpy as np
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        for setting in dict.fromkeys((r["budget"], r.get("mirror", 0)) for r in rows):
-            rs = [r for r in rows if r["model"] == model
-                  and (r["budget"], r.get("mirror", 0)) == setting]
+        def key(r: dict) -> tuple:
+            return r["budget"], r.get("mirror", 0), r.get("ranges", "mse")
+        for setting in dict.fromkeys(key(r) for r in rows):
+            rs = [r for r in rows if r["model"] == model and key(r) == setting]
             if rs:
                 out.append({"model": model, "budget": setting[0], "mirror": setting[1],
+                            "ranges": setting[2],
                             "splits": len(rs),
                             "mean_AP_loss": round(-float(np.mean([r["dAP"] for r in rs])), 3),
                             "mean_AP50_loss": round(-float(np.mean([r["dAP50"] for r in rs])), 3),
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=2, help="k of the k-fold split (>= 2)")
     ap.add_argument("--budgets", default="0,0.15")
     ap.add_argument("--mirrors", default="0,256")
+    ap.add_argument("--ranges", default=None, help="comma list of range methods "
+                    "(default: the product's)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     if a.folds < 2:
@@ -125,16 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
         return 2
     seeds = [int(s) for s in a.seeds.split(",")]
-    settings = [(float(b), int(m)) for b in a.budgets.split(",") for m in a.mirrors.split(",")]
+    from darknet2tflite.quantize import QuantizeOptions
+    methods = (a.ranges or QuantizeOptions().ranges).split(",")
+    settings = [(float(b), int(m), r) for b in a.budgets.split(",")
+                for m in a.mirrors.split(",") for r in methods]
     rows = []
     for name in a.models.split(","):
         rows += bench(name, seeds, settings, lambda m: print(m, flush=True), a.folds)
     summ = summary(rows)
-    print("\nmodel        budget  mirror  splits  mean AP loss  mean AP50 loss  "
+    print("\nmodel        budget  mirror  ranges    splits  mean AP loss  mean AP50 loss  "
           "per split (AP / AP50)")
     for s in summ:
         per = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(s["AP_losses"], s["AP50_losses"]))
-        print(f"{s['model']:<12} {s['budget']:<7} {s['mirror']:<7} {s['splits']:<7} "
+        print(f"{s['model']:<12} {s['budget']:<7} {s['mirror']:<7} {s['ranges']:<9} {s['splits']:<7} "
               f"{s['mean_AP_loss']:<13} {s['mean_AP50_loss']:<15} {per}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

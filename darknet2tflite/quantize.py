@@ -10,12 +10,15 @@ Pipeline (each step a function, so the Prefect flow and the benchmarks can reuse
    hook ``tf.lite.experimental.QuantizationDebugger`` uses) marks the tensors that need
    ranges, on two images; :func:`observe_ranges` then records each one's min/max over all
    calibration images with a plain interpreter, ~5x faster than the calibrator.
-3. :func:`refine_ranges` -- replaces the min/max ranges by MSE-optimal clipping ranges
-   computed from per-tensor histograms of the same images (``ranges="mse"``), and pins the
-   input range to exactly [0, 1]. Min/max ranges are dominated by rare outliers (a
-   leaky-ReLU conv output spans e.g. [-52, 42] while almost all values lie within a few
-   units), which wastes most of the 256 levels; measured on yolov4-tiny this step halves
-   the AP loss. The float model is untouched: only quantization parameters change.
+3. :func:`refine_ranges` -- replaces the min/max ranges by clipping ranges computed from
+   per-tensor histograms of the same images, and pins the input range to exactly [0, 1].
+   Min/max ranges are dominated by rare outliers (a leaky-ReLU conv output spans e.g.
+   [-52, 42] while almost all values lie within a few units), which wastes most of the 256
+   levels. The default ``ranges="mse-tail"`` clips the lower side MSE-optimally but the
+   upper side only halfway from the MSE optimum to the calibrated maximum: the largest
+   activations are the strongest object evidence, and clipping them as hard as MSE
+   suggests cost yolov4-tiny ~0.7 AP50 (docs/int8.md, "Activation ranges"). The float
+   model is untouched: only quantization parameters change.
 4. :func:`quantize_calibrated` -- TFLite's MLIR quantizer (per-channel weights, int8
    activations, uint8 or int8 input, int8 outputs), optionally keeping named layers float.
 5. :func:`check_integer` -- walks the written flatbuffer: no float tensor on any operator
@@ -44,6 +47,7 @@ import numpy as np
 from .augment import MIRROR_TARGET, mirrored_count
 from .channel_split import MAC_BUDGET
 from .errors import InputError, UserError
+from .options import RANGE_METHODS
 from .options import check as check_options
 
 Progress = Callable[[str], None]
@@ -51,6 +55,9 @@ Progress = Callable[[str], None]
 INPUT_SCALE = np.float32(1.0 / 255.0)
 #: histogram resolution for the MSE range search (bins over the calibrated min/max range)
 HIST_BINS = 2048
+#: ``ranges="mse-tail"``: the upper clip moves this fraction of the way from the MSE optimum
+#: back to the calibrated maximum (0 = "mse", 1 = keep the maximum)
+TAIL_KEEP = 0.5
 #: at most this many calibration images feed the histograms (ranges converge long before)
 HIST_MAX_IMAGES = 128
 
@@ -63,7 +70,7 @@ class NotFullyIntegerError(UserError):
 @dataclass
 class QuantizeOptions:
     input_type: str = "uint8"            # "uint8" (raw pixels) or "int8"
-    ranges: str = "mse"                  # "mse" (refined) or "minmax" (TFLite default)
+    ranges: str = "mse-tail"             # options.RANGE_METHODS (refine_ranges)
     variants: tuple[str, ...] = ()       # any of options.VARIANTS
     float_fallback: int = 0              # keep the N worst layers float (extra model file)
     calibration_limit: int | None = None  # use only the first N images of the array
@@ -313,19 +320,24 @@ def mse_range(hist: np.ndarray, lo: float, hi: float, neg_weight: float = 1.0,
     return best[1], best[2]
 
 
-def refine_ranges(calibrated: bytes, images: np.ndarray, method: str = "mse",
+def refine_ranges(calibrated: bytes, images: np.ndarray, method: str = "mse-tail",
                   progress: Progress | None = None, hist_images: int = HIST_MAX_IMAGES
                   ) -> tuple[bytes, dict[str, Any]]:
-    """Calibrated model with the input pinned to [0, 1] and (``mse``) every activation
-    range replaced by its MSE-optimal clipping range. Returns (model, range table)."""
+    """Calibrated model with the input pinned to [0, 1] and every activation range replaced
+    by its clipping range: MSE-optimal (``mse``), or MSE-optimal below and ``TAIL_KEEP`` of
+    the way back to the calibrated maximum above (``mse-tail``); ``minmax`` keeps the
+    calibrated ranges. Returns (model, range table: per tensor min/max, MSE optimum and the
+    range used)."""
     model = _to_obj(calibrated)
     g = model.subgraphs[0]
     input_ids = {int(i) for i in g.inputs}
     table: dict[str, Any] = {}
     new: dict[int, tuple[float, float]] = {i: (0.0, 1.0) for i in input_ids}
-    if method == "mse":
+    if method not in RANGE_METHODS:
+        raise ValueError(f"unknown range method {method!r}")
+    if method != "minmax":
         if progress:
-            progress(f"ranges: MSE-optimal clipping from histograms of "
+            progress(f"ranges: {method} clipping from histograms of "
                      f"{min(len(images), hist_images)} images")
         ranges = calibrated_ranges(calibrated)
         hists = tensor_histograms(calibrated, images, hist_images)
@@ -341,10 +353,9 @@ def refine_ranges(calibrated: bytes, images: np.ndarray, method: str = "mse",
             else:
                 w = 1.0
             a, b = mse_range(hists[name], lo, hi, w)
-            new[ti] = (a, b)
-            table[name] = {"minmax": [lo, hi], "mse": [a, b]}
-    elif method != "minmax":
-        raise ValueError(f"unknown range method {method!r}")
+            used = (a, b + TAIL_KEEP * (hi - b)) if method == "mse-tail" else (a, b)
+            new[ti] = used
+            table[name] = {"minmax": [lo, hi], "mse": [a, b], "used": list(used)}
     for ti, (a, b) in new.items():
         q = g.tensors[ti].quantization
         if q is None or q.min is None or not len(q.min):
@@ -544,6 +555,7 @@ class QuantizeResult:
     variants: dict[str, Any] = field(default_factory=dict)
     channel_split: dict[str, Any] = field(default_factory=dict)
     mirrored_images: int = 0             # mirrored copies added to the calibration images
+    range_method: str = ""               # QuantizeOptions.ranges ("" in results before it)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -657,7 +669,8 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     write_json(out / "model.json", meta)
     paths["meta"] = out / "model.json"
     result = QuantizeResult(paths, round(seconds, 2), mem.to_dict(), check, table, layer_errs,
-                            fallback, variants, split, imeta["quantization"]["mirrored_images"])
+                            fallback, variants, split, imeta["quantization"]["mirrored_images"],
+                            opts.ranges)
     write_json(out / "quantize.json", result.to_dict())
     paths["quantize"] = out / "quantize.json"
     return result
@@ -767,7 +780,8 @@ def assemble_report(cfg_path: str | Path, q: QuantizeResult, calib: Any,
             "seconds": q.seconds, "memory": q.memory, "integer_check": q.integer_check,
             "calibration_images": len(calib.images), "mirrored_images": q.mirrored_images,
             "calibration": {k: v for k, v in calib.to_dict().items() if k != "image_names"},
-            "ranges": "mse" if q.ranges else "minmax", "head_split": DEFAULT_LAYOUT,
+            "ranges": q.range_method or ("mse" if q.ranges else "minmax"),
+            "head_split": DEFAULT_LAYOUT,
             "input_type": q.integer_check["input"]["dtype"],
             "variants": q.variants,
             "channel_split": q.channel_split,
@@ -816,7 +830,7 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
                  eval_images: str | Path | None = None, input_type: str = "uint8",
                  variants: Sequence[str] = (), float_fallback: int = 0,
                  progress: Progress | None = print, *, calibration_limit: int | None = 500,
-                 eval_fraction: float = 0.5, ranges: str = "mse", latency_runs: int = 20,
+                 eval_fraction: float = 0.5, ranges: str = "mse-tail", latency_runs: int = 20,
                  draw: int = 4, cross_validate: bool = True,
                  channel_split: float = MAC_BUDGET,
                  calibration_mirror: int = MIRROR_TARGET) -> dict[str, Any]:

@@ -130,6 +130,7 @@ def _check_report(out: Path, report: dict) -> None:
                     "## Worst-quantized layers", "## Detections"):
         assert section in md
     assert "AP and AP50 losses are one draw" in md.split("## Targets")[1]
+    assert conv["ranges"] == "mse-tail" and "| activation ranges | mse-tail |" in md
     for d in ev["drawn"]:
         assert (out / d).is_file()
         assert f"]({d})" in md
@@ -349,7 +350,8 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
     images = np.asarray(load_calibration(calibrate(yolov3_tiny[0], coco_images, limit=6,
                                                    progress=None).npy))
     assert len(images) == 6
-    ours = q.calibrated_ranges(q.calibrate_model(model, images))
+    cal = q.calibrate_model(model, images)
+    ours = q.calibrated_ranges(cal)
     theirs = q.calibrated_ranges(q._annotate_for_calibration(model, images))
     few = q.calibrated_ranges(q._annotate_for_calibration(model, images[:2]))
     assert ours.keys() == theirs.keys() and len(ours) > 20
@@ -359,6 +361,21 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
         assert abs(ours[name][1] - lo) <= tol and abs(ours[name][2] - hi) <= tol, name
     # the 2-photo annotation alone is not enough: more photos widen some ranges
     assert any(few[n][2] < theirs[n][2] - 1e-3 for n in theirs)
+    # the product's ranges (mse-tail): MSE-optimal lower clip, upper clip halfway from the
+    # MSE optimum back to the calibrated maximum; written into the model as such
+    tail_model, tail = q.refine_ranges(cal, images, "mse-tail")
+    _, mse = q.refine_ranges(cal, images, "mse")
+    written = q.calibrated_ranges(tail_model)
+    assert tail.keys() == mse.keys() and len(tail) > 20
+    clipped = 0
+    for name, row in tail.items():
+        lo, hi = row["minmax"]
+        a, b = row["mse"]
+        assert mse[name]["used"] == [a, b] and mse[name]["minmax"] == [lo, hi]
+        assert row["used"] == [a, b + q.TAIL_KEEP * (hi - b)]
+        assert written[name][1:] == pytest.approx(row["used"], rel=1e-6, abs=1e-6)
+        clipped += b < hi - 1e-3 * (hi - lo)
+    assert clipped > 10  # MSE clips real upper tails; mse-tail keeps half of each
 
 
 def test_grey_network_converts_full_integer_with_float_fallback(tmp_path, coco_images,
