@@ -1,6 +1,6 @@
 """Where does the int8 error of the heads come from?  (issue 4 analysis, prints only)
 
-Calibrates yolov4-tiny exactly as the pipeline does (head split, clipped ranges) on one half of
+Calibrates yolov4-tiny exactly as the pipeline does (head split, MSE ranges) on one half of
 the shared COCO photos and measures, on the other half, the RMS error of objectness and w/h
 logits at the cells that matter (float objectness > 0.05, where detections come from; AP@[.5:.95]
 reacts to these two, see docs/int8.md):

@@ -15,7 +15,7 @@ from .errors import InputError
 
 VARIANTS = ("float16", "dynamic", "int16x8")
 INPUT_TYPES = ("uint8", "int8")
-RANGE_METHODS = ("mse-tail", "mse", "minmax")
+RANGE_METHODS = ("mse", "mse-tail", "minmax")
 
 
 def variant_list(spec: str | Sequence[str] | None) -> list[str]:

@@ -20,7 +20,7 @@ from prefect import task
 from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, run_stage
 
 STAGE = "quantize"
-RANGES = "mse-tail"
+RANGES = "mse"
 
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -130,7 +130,7 @@ def _check_report(out: Path, report: dict) -> None:
                     "## Worst-quantized layers", "## Detections"):
         assert section in md
     assert "AP and AP50 losses are one draw" in md.split("## Targets")[1]
-    assert conv["ranges"] == "mse-tail" and "| activation ranges | mse-tail |" in md
+    assert conv["ranges"] == "mse" and "| activation ranges | mse |" in md
     for d in ev["drawn"]:
         assert (out / d).is_file()
         assert f"]({d})" in md
@@ -361,8 +361,8 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
         assert abs(ours[name][1] - lo) <= tol and abs(ours[name][2] - hi) <= tol, name
     # the 2-photo annotation alone is not enough: more photos widen some ranges
     assert any(few[n][2] < theirs[n][2] - 1e-3 for n in theirs)
-    # the product's ranges (mse-tail): MSE-optimal lower clip, upper clip halfway from the
-    # MSE optimum back to the calibrated maximum; written into the model as such
+    # the range methods: mse-tail (bench option) = MSE-optimal lower clip, upper clip halfway
+    # from the MSE optimum back to the calibrated maximum; written into the model as such
     tail_model, tail = q.refine_ranges(cal, images, "mse-tail")
     _, mse = q.refine_ranges(cal, images, "mse")
     written = q.calibrated_ranges(tail_model)
