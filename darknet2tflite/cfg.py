@@ -409,6 +409,8 @@ def _decode_lines(path: Path) -> list[str]:
         raise CfgError(f"file is {size} bytes; a Darknet cfg is never larger than "
                        f"{MAX_CFG_BYTES} bytes", file=path)
     data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark (Windows editors)
+        data = data[3:]
     lines = data.split(b"\n")
     out = []
     for i, raw in enumerate(lines, 1):
@@ -452,10 +454,18 @@ def parse_cfg(path: str | Path) -> DarknetConfig:
                            section=current.header, layer=current.index)
         key, value = s.split("=", 1)
         key = key.strip().lower()
-        value = value.split("#", 1)[0].strip()
+        # inline comments: '#' or ';' (Darknet's comment characters; its atoi/atof stop there)
+        value = value.split("#", 1)[0].split(";", 1)[0].strip()
         if not key:
             raise CfgError("empty option name", file=path, line=lineno, section=current.header,
                            layer=current.index)
+        hidden = [c for c in key if not c.isprintable() or c == "\ufeff"]
+        if hidden:
+            raise CfgError(f"option name contains invisible character(s) "
+                           f"{', '.join(f'U+{ord(c):04X}' for c in hidden)} (an editor's "
+                           "byte-order mark or control character?)", file=path, line=lineno,
+                           section=current.header, layer=current.index,
+                           key=key.encode("ascii", "replace").decode())
         if key in current.options:
             raise CfgError(f"option given twice (first on line {current.options[key].line})",
                            file=path, line=lineno, section=current.header, layer=current.index,

@@ -166,3 +166,25 @@ def test_write_read_roundtrip_with_32bit_seen(tmp_path: Path) -> None:
     back = read_weights(p, cfg)
     assert back.minor == 1
     np.testing.assert_array_equal(back.layers[0].rolling_variance, layers[0].rolling_variance)
+
+
+def test_windows_edited_cfgs_parse_the_same(tmp_path: Path) -> None:
+    """cfgs saved on Windows (CRLF, a UTF-8 byte-order mark) and commented inline with
+    Darknet's ';' or '#' give the very same layers as the reference cfg."""
+    ref_text = (CFG_DIR / "yolov4-tiny.cfg").read_bytes()
+    ref = parse_cfg(CFG_DIR / "yolov4-tiny.cfg")
+    variants = {
+        "crlf.cfg": ref_text.replace(b"\n", b"\r\n"),
+        "bom.cfg": b"\xef\xbb\xbf" + ref_text.replace(b"\n", b"\r\n"),
+        "inline.cfg": ref_text.replace(b"filters=255", b"filters=255 ; 3*(80+5)", 1)
+                              .replace(b"classes=80", b"classes=80 # coco", 1),
+    }
+    for name, data in variants.items():
+        cfg = parse_cfg(write(tmp_path, data, name))
+        assert [(s.kind, s.params) for s in cfg.layers] == \
+            [(s.kind, s.params) for s in ref.layers], name
+    # a BOM anywhere but at the start is still an error naming the line
+    line = ref_text[:ref_text.index(b"width=416")].count(b"\n") + 1
+    with pytest.raises(CfgError, match=rf"mid\.cfg:{line}, \[net\].*U\+FEFF"):
+        parse_cfg(write(tmp_path, ref_text.replace(b"width=416", b"\xef\xbb\xbfwidth=416"),
+                        "mid.cfg"))
