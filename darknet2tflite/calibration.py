@@ -163,10 +163,7 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
     usable image at all raises :class:`InputError`."""
     cfg = _as_cfg(cfg)
     say = progress or (lambda _m: None)
-    try:
-        check_network_channels(cfg.channels, f"{cfg.path}: ")
-    except ImageError as e:
-        raise InputError(str(e)) from None
+    check_network_channels(cfg.channels, f"{cfg.path}: ")
     paths = calibration_images(calibration_dir, limit, exclude, seed)
     key = _cache_key(cfg, paths)
     if out_npy is None:

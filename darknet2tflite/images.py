@@ -1,8 +1,8 @@
 """Image discovery, loading and Darknet-style network input preparation.
 
 Every model this project writes takes NHWC input with value = pixel / 255, RGB for
-``channels=3`` and grey for ``channels=1`` cfgs (see docs/ARCHITECTURE.md), so this module is the single place that turns files on disk into
-that tensor. Darknet-exactness matters here: calibration data and evaluation must see
+``channels=3`` and grey for ``channels=1`` cfgs (see docs/ARCHITECTURE.md), so this module
+is the single place that turns files on disk into that tensor. Darknet-exactness matters here: calibration data and evaluation must see
 the same pixels Darknet would feed the network, otherwise float-vs-int8 comparisons and
 mAP numbers drift for reasons that have nothing to do with the conversion.
 """
@@ -17,6 +17,8 @@ from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
+
+from .errors import InputError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -138,9 +140,10 @@ def load_gray(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def check_network_channels(channels: int, where: str = "") -> None:
-    """Refuse input channel counts no image file maps to, before any image is read."""
+    """Refuse input channel counts no image file maps to, before any image is read (a cfg
+    problem, not a bad file: :class:`InputError`, never skipped like an unreadable image)."""
     if int(channels) not in NETWORK_CHANNELS:
-        raise ImageError(f"{where}[net] channels={channels}: images can only be fed to networks "
+        raise InputError(f"{where}[net] channels={channels}: images can only be fed to networks "
                          "with channels=3 (RGB) or channels=1 (grey)")
 
 

@@ -197,11 +197,8 @@ def build_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
 
 def parity_images(images: str | Path | None, width: int, height: int, letter_box: bool,
                   limit: int = 4, channels: int = 3) -> tuple[np.ndarray, list[str]]:
-    from .images import ImageError, check_network_channels, find_images, load_batch
-    try:
-        check_network_channels(channels)
-    except ImageError as e:
-        raise UserError(str(e)) from None
+    from .images import check_network_channels, find_images, load_batch
+    check_network_channels(channels)
     folder = Path(images) if images else DEFAULT_IMAGES
     paths = find_images(folder, limit=None)
     if not paths:

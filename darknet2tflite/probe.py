@@ -918,7 +918,8 @@ def load_images(images: Any, cfg: DarknetConfig, limit: int = 8) -> np.ndarray:
         return images.astype(np.float32)
     import cv2
 
-    from .images import ImageError, load_network_image
+    from .images import ImageError, check_network_channels, load_network_image
+    check_network_channels(cfg.channels, f"{cfg.path}: ")
     paths: list[Path] = []
     for item in ([images] if isinstance(images, (str, Path)) else list(images)):
         p = Path(item)

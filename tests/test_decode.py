@@ -334,3 +334,27 @@ def test_draw_and_atomic_save(yolo: OpenCVYolo, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["dog_det.png"]  # no temp leftovers
     with pytest.raises(ValueError):
         save_image(tmp_path / "x.unknownext", rgb)
+
+
+def test_max_per_class_is_exactly_the_top_of_each_class_of_the_full_decode() -> None:
+    """A model that puts tens of thousands of candidates over the AP threshold (random
+    weights, a broken training run) must not make evaluation take minutes: the capped
+    decode suppresses only a score-ordered prefix, yet returns exactly the uncapped rows of
+    rank < cap within their class, in the same order (what pycocotools' maxDets reads)."""
+    rng = np.random.default_rng(7)
+    anchors = [[8, 8], [16, 24], [40, 30]]
+    meta = _single_meta("yolo", 40, anchors, 12)
+    raw = rng.normal(0.0, 2.0, (1, 40, 40, 3 * 17)).astype(np.float32)
+    raw[..., 5 + 17 * 2:] -= 4.0  # anchor 2's classes rarely pass: uneven classes
+    full = decode_heads([raw], meta, 640, 480, conf_thresh=0.005, nms_thresh=0.45)
+    counts = np.bincount(full.classes, minlength=12)
+    assert len(full) > 4096 and counts.max() > 300  # beyond the first suppression prefix
+    for cap in (1, 100, 300, 10 ** 6):
+        top = decode_heads([raw], meta, 640, 480, conf_thresh=0.005, nms_thresh=0.45,
+                           max_per_class=cap)
+        want = np.concatenate([np.flatnonzero(full.classes == c)[:cap] for c in range(12)])
+        want.sort()
+        assert len(top) == len(want)
+        np.testing.assert_array_equal(top.boxes, full.boxes[want])
+        np.testing.assert_array_equal(top.scores, full.scores[want])
+        np.testing.assert_array_equal(top.classes, full.classes[want])

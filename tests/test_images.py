@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from darknet2tflite.errors import InputError
 from darknet2tflite.images import (
     IMAGE_EXTENSIONS,
     ImageError,
@@ -339,7 +340,7 @@ def test_grey_preprocess_and_batches_keep_one_channel(tmp_path: Path) -> None:
     batch, skipped = load_batch([tmp_path / "wide.png", tmp_path / "bad.jpg"], 16, 8, False,
                                 channels=1)
     assert batch.shape == (1, 8, 16, 1) and len(skipped) == 1
-    with pytest.raises(ImageError, match="channels=4"):
+    with pytest.raises(InputError, match="channels=4"):  # a cfg problem, not a skipped file
         load_batch([tmp_path / "wide.png"], 16, 8, False, channels=4)
-    with pytest.raises(ImageError, match="channels=2"):
+    with pytest.raises(InputError, match="channels=2"):
         load_network_image(tmp_path / "wide.png", 2)
