@@ -316,21 +316,24 @@ def _top_nms(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_th
 def _nms_per_class(
     xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_thresh: float, iou_thresh: float
 ) -> np.ndarray:
-    """Greedy per-class NMS (do_nms_sort semantics) via OpenCV's batched NMS.
+    """Greedy per-class NMS (do_nms_sort semantics) via OpenCV's NMS, one call per class.
 
     OpenCV suppresses when IoU > threshold and uses float (Rect2d) IoU without the +1
-    pixel convention, the same as Darknet's box_iou. Its batching offsets each class by
-    ``class * (max_coord + 1)``, which only separates classes for non-negative
-    coordinates, so boxes are first translated (IoU is translation invariant).
+    pixel convention, the same as Darknet's box_iou. One call per class rather than
+    ``NMSBoxesBatched`` (which runs a single NMS over all classes' boxes): the cost is the
+    sum of the squared class sizes instead of the square of their sum, which matters when
+    a badly trained model puts thousands of boxes of every class over the threshold.
     """
-    shifted = xyxy.astype(np.float64) - min(0.0, float(xyxy[:, :2].min()))
-    xywh = np.empty_like(shifted)
-    xywh[:, :2] = shifted[:, :2]
-    xywh[:, 2:] = shifted[:, 2:] - shifted[:, :2]
+    xywh = np.empty_like(xyxy, dtype=np.float64)
+    xywh[:, :2] = xyxy[:, :2]
+    xywh[:, 2:] = xyxy[:, 2:] - xyxy[:, :2]
     # Candidates are already > conf_thresh; pass a threshold just below so none is lost
     # to float32 rounding in OpenCV's own score filter.
-    thr = np.nextafter(np.float32(score_thresh), np.float32(-np.inf))
-    keep = cv2.dnn.NMSBoxesBatched(
-        xywh, scores.astype(np.float32), classes.astype(np.int32), float(thr), iou_thresh
-    )
-    return np.asarray(keep, dtype=np.int64).reshape(-1)
+    thr = float(np.nextafter(np.float32(score_thresh), np.float32(-np.inf)))
+    scores32 = scores.astype(np.float32)
+    keep: list[np.ndarray] = []
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        k = cv2.dnn.NMSBoxes(xywh[idx], scores32[idx], thr, iou_thresh)
+        keep.append(idx[np.asarray(k, dtype=np.int64).reshape(-1)])
+    return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
