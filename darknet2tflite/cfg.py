@@ -459,7 +459,7 @@ def parse_cfg(path: str | Path) -> DarknetConfig:
         if not key:
             raise CfgError("empty option name", file=path, line=lineno, section=current.header,
                            layer=current.index)
-        hidden = [c for c in key if not c.isprintable() or c == "\ufeff"]
+        hidden = [c for c in key if not c.isprintable()]  # U+FEFF (BOM) included
         if hidden:
             raise CfgError(f"option name contains invisible character(s) "
                            f"{', '.join(f'U+{ord(c):04X}' for c in hidden)} (an editor's "

@@ -297,20 +297,19 @@ def _top_nms(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_th
     those N. Once every class has ``limit`` survivors in such a prefix or all its
     candidates inside it, the capped result is known; otherwise the prefix doubles."""
     total = len(scores)
-    n = total if limit is None else min(total, TOP_NMS_START)
+    if limit is None:
+        return np.sort(_nms_per_class(xyxy, scores, classes, score_thresh, iou_thresh))
+    k = int(classes.max()) + 1
+    per_class = np.bincount(classes, minlength=k)
+    n = min(total, TOP_NMS_START)
     while True:
         keep = np.sort(_nms_per_class(xyxy[:n], scores[:n], classes[:n], score_thresh,
                                       iou_thresh))
-        if limit is None:
-            return keep
-        if n < total:
-            k = int(classes.max()) + 1
-            kept = np.bincount(classes[keep], minlength=k)
-            whole = np.bincount(classes[:n], minlength=k) == np.bincount(classes, minlength=k)
-            if not np.all((kept >= limit) | whole):
-                n = min(total, 2 * n)
-                continue
-        return keep[_rank_in_class(classes[keep]) < limit]
+        settled = (np.bincount(classes[keep], minlength=k) >= limit) | \
+            (np.bincount(classes[:n], minlength=k) == per_class)
+        if n == total or settled.all():
+            return keep[_rank_in_class(classes[keep]) < limit]
+        n = min(total, 2 * n)
 
 
 def _nms_per_class(

@@ -2,9 +2,10 @@
 
 Every model this project writes takes NHWC input with value = pixel / 255, RGB for
 ``channels=3`` and grey for ``channels=1`` cfgs (see docs/ARCHITECTURE.md), so this module
-is the single place that turns files on disk into that tensor. Darknet-exactness matters here: calibration data and evaluation must see
-the same pixels Darknet would feed the network, otherwise float-vs-int8 comparisons and
-mAP numbers drift for reasons that have nothing to do with the conversion.
+is the single place that turns files on disk into that tensor. Darknet-exactness matters
+here: calibration data and evaluation must see the same pixels Darknet would feed the
+network, otherwise float-vs-int8 comparisons and mAP numbers drift for reasons that have
+nothing to do with the conversion.
 """
 
 from __future__ import annotations
