@@ -85,6 +85,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     from .decode import decode_heads
     from .draw import draw_detections, save_image
+    from .evaluate import MAX_PER_CLASS
     from .export import interpreter, run_tflite
     from .images import ImageError, load_network_image, load_rgb, preprocess
     from .metadata import read_tflite_metadata
@@ -106,8 +107,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     x = preprocess(pixels, inp["width"], inp["height"], bool(inp["letter_box"]))[None]
     heads = run_tflite(interpreter(model, threads=args.threads), x.astype(np.float32), meta)
+    # capped like evaluation: a badly trained model can put 10^5 boxes over the threshold,
+    # and NMS over all of them would take minutes to draw an unreadable picture
     dets = decode_heads(heads, meta, rgb.shape[1], rgb.shape[0], conf_thresh=args.conf,
-                        nms_thresh=args.nms)
+                        nms_thresh=args.nms, max_per_class=MAX_PER_CLASS)
     names = meta.get("names")
     for b, s, c in zip(dets.boxes, dets.scores, dets.classes):
         label = names[c] if names else str(c)

@@ -192,6 +192,80 @@ def test_yolov4_tiny_accuracy_target(v4_run):
     assert -cross["dAP"] <= 1.3 and -cross["dAP50"] <= 1.0, cross
 
 
+def _detect_cli(*args) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "darknet2tflite.cli", "detect", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def _detections(stdout: str) -> list[tuple[str, float, np.ndarray]]:
+    """'label score x0 y0 x1 y1' lines of `darknet2tflite detect` (labels may hold spaces)."""
+    rows = []
+    for line in stdout.splitlines():
+        if line.startswith("wrote "):
+            continue
+        *label, score, x0, y0, x1, y1 = line.split()
+        rows.append((" ".join(label), float(score), np.array([x0, y0, x1, y1], float)))
+    return rows
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union
+
+
+@pytest.mark.slow
+def test_detect_cli_draws_the_same_objects_with_int8_and_float(v4_run, sample_images, tmp_path):
+    """The issue's `darknet2tflite detect MODEL.tflite IMAGE --out OUT.jpg`, on both written
+    models: class names from the model's metadata, the int8 model finds what the float one
+    finds (same labels, matching boxes), and the annotated image is the photo plus boxes."""
+    out, _ = v4_run
+    photo = sample_images / "dog.jpg"
+    src = cv2.imread(str(photo))
+    found = {}
+    for name in ("model.float32.tflite", "model.int8.tflite"):
+        drawn = tmp_path / f"{name}.jpg"
+        r = _detect_cli(out / name, photo, "--out", drawn)
+        assert r.returncode == 0, r.stderr
+        assert f"wrote {drawn}" in r.stdout
+        found[name] = _detections(r.stdout)
+        img = cv2.imread(str(drawn))
+        assert img is not None and img.shape == src.shape
+        assert np.abs(img.astype(int) - src).max() > 100  # boxes drawn, not a copy
+    flt, q = found["model.float32.tflite"], found["model.int8.tflite"]
+    assert {"dog", "bicycle"} <= {label for label, *_ in flt}
+    assert {label for label, *_ in q} == {label for label, *_ in flt}
+    for label, score, box in flt:
+        best = max(_iou(box, b) for l, _, b in q if l == label)
+        assert best >= 0.8, (label, score, box, q)
+
+
+@pytest.mark.slow
+def test_detect_cli_rejects_a_missing_image_without_writing(v4_run, tmp_path):
+    out, _ = v4_run
+    drawn = tmp_path / "x.jpg"
+    r = _detect_cli(out / "model.int8.tflite", tmp_path / "nope.jpg", "--out", drawn)
+    assert r.returncode == 2 and "nope.jpg" in r.stderr and "Traceback" not in r.stderr
+    assert not drawn.exists()
+
+
+@pytest.mark.slow
+def test_detect_cli_keeps_at_most_100_boxes_per_class(v4_run, coco_images, tmp_path):
+    """At a near-zero threshold the drawing keeps each class's best 100 boxes, like
+    evaluation (a badly trained model must not stall NMS for minutes)."""
+    out, _ = v4_run
+    photo = sorted(coco_images.glob("*.jpg"))[0]
+    r = _detect_cli(out / "model.int8.tflite", photo, "--out", tmp_path / "x.png",
+                    "--conf", "0.0001", "--nms", "0.99")
+    assert r.returncode == 0, r.stderr
+    labels = [label for label, *_ in _detections(r.stdout)]
+    counts = {l: labels.count(l) for l in set(labels)}
+    assert max(counts.values()) == 100, counts
+
+
 # --------------------------------------------------------------------------- yolov3-tiny
 
 @pytest.mark.slow
