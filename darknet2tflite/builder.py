@@ -15,7 +15,8 @@ import numpy as np
 
 from .cfg import DarknetConfig, Section
 from .metadata import head_output_name
-from .layers import FLT_MAX, ChannelSplit, ConstantPad, DarknetActivation, Reorg, Scale
+from .layers import (FLT_MAX, ChannelSlice, ChannelSplit, ConstantPad, DarknetActivation, Reorg,
+                     Scale)
 from .weights import DarknetWeights
 
 if TYPE_CHECKING:
@@ -210,7 +211,17 @@ def build_route(ctx: BuildContext, sec: Section, ins: list) -> keras.KerasTensor
 
 @section_builder("shortcut")
 def build_shortcut(ctx: BuildContext, sec: Section, ins: list) -> keras.KerasTensor:
-    y = keras.layers.Add(name=ctx.name(sec, "shortcut"))(ins)
+    x, add = ins
+    c, c_add = int(x.shape[-1]), int(add.shape[-1])
+    if c_add > c:  # partial residual: only the first c channels of 'from' are added
+        add = ChannelSlice(0, c, name=ctx.name(sec, "shortcut_from"))(add)
+    if c_add < c:  # ... or 'from' is added to the first c_add channels, the rest pass
+        part = ChannelSlice(0, c_add, name=ctx.name(sec, "shortcut_head"))(x)
+        rest = ChannelSlice(c_add, c, name=ctx.name(sec, "shortcut_rest"))(x)
+        y = keras.layers.Add(name=ctx.name(sec, "shortcut"))([part, add])
+        y = keras.layers.Concatenate(axis=-1, name=ctx.name(sec, "shortcut_concat"))([y, rest])
+    else:
+        y = keras.layers.Add(name=ctx.name(sec, "shortcut"))([x, add])
     return ctx.activation(y, sec)
 
 

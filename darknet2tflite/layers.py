@@ -121,6 +121,23 @@ class ChannelSplit(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class ChannelSlice(keras.layers.Layer):
+    """Channels [start, stop): the partial residual [shortcut] (PRN) adds only the channels
+    both inputs have. Lowers to STRIDED_SLICE, which every target quantizes."""
+
+    def __init__(self, start: int, stop: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start = int(start)
+        self.stop = int(stop)
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return x[..., self.start:self.stop]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class Scale(keras.layers.Layer):
     """Element-wise product with broadcasting ([sam], [scale_channels]) and [upsample] scale."""
 

@@ -394,7 +394,10 @@ def signature(sec: Section, rules: Sequence[Any] = (), cfg: DarknetConfig | None
                maxpool_is_tf_same(sec))
     elif k == "route":
         key = ("concat" if len(p["inputs"]) > 1 else "alias", p["groups"])
-    elif k in ("shortcut", "sam"):
+    elif k == "shortcut":
+        c, c_add = (s[2] for s in p["in_shapes"])
+        key = (p["activation"], "same" if c == c_add else ("slice" if c_add > c else "partial"))
+    elif k == "sam":
         key = (p["activation"],)
     elif k == "scale_channels":
         key = (p["scale_wh"], p["activation"])
@@ -459,6 +462,9 @@ def _tiny_channels(sec: Section, cap: int = CHANNEL_CAP, keep_filters: bool = Fa
     if k == "reorg":
         s2 = p["stride"] ** 2
         return [s2 * max(1, min(c // s2, 4)) for c in cs], {}
+    if k == "shortcut" and cs[0] != cs[1]:  # keep which input is wider (partial residual)
+        small = min(min(cs), cap // 2)
+        return [small if c == min(cs) else 2 * small for c in cs], {}
     return [min(c, cap) for c in cs], {}
 
 

@@ -86,9 +86,11 @@ def _route(sec: Section, ins: list[Shape]) -> Shape:
 
 @shape_rule("shortcut")
 def _shortcut(sec: Section, ins: list[Shape]) -> Shape:
-    if ins[0] != ins[1]:
-        raise sec.error(f"shortcut between different shapes {ins[0]} and {ins[1]} is not "
-                        "supported", "from")
+    # Darknet adds the channels both have and keeps the previous layer's shape (partial
+    # residual networks, e.g. yolov3-tiny-prn); only different spatial sizes are refused
+    if ins[0][:2] != ins[1][:2]:
+        raise sec.error(f"shortcut between different spatial sizes {ins[0]} and {ins[1]} is "
+                        "not supported", "from")
     return ins[0]
 
 

@@ -103,6 +103,9 @@ SYNTHETIC = {
                     + conv(8) + "[route]\nlayers=-1,-2\n\n" + conv(16, 1) + "[route]\nlayers=-6,-1\n\n",
     "shortcut": conv(8) + conv(8) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n",
     "shortcut_linear": conv(8) + conv(8) + "[shortcut]\nfrom=-2\n\n",
+    # partial residual (PRN): 'from' narrower than the previous layer, then wider
+    "shortcut_partial": conv(8) + conv(16) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n",
+    "shortcut_wider_from": conv(16) + conv(8) + "[shortcut]\nfrom=-2\n\n",
     "upsample_route": conv(8) + conv(8, st=2) + "[upsample]\nstride=2\n\n[route]\nlayers=-1,0\n\n",
     "reorg": conv(16) + "[reorg]\nstride=2\n\n",
     "sam": conv(8) + conv(8, a="logistic") + "[sam]\nfrom=-2\n\n",

@@ -132,6 +132,29 @@ def test_tiny_sections_keep_the_lowering(name):
         assert n_sig * 8 < len(cfg.layers)
 
 
+def test_tiny_partial_shortcuts_keep_which_input_is_wider(tmp_path):
+    """Partial residual shortcuts (PRN: inputs of 40 and 80 channels, both beyond the
+    probe's channel cap) keep their slice/concat lowering in the probe copy."""
+    conv = "[convolutional]\nfilters={}\nsize=3\npad=1\nactivation=leaky\n\n"
+    body = (conv.format(40) + conv.format(80) + "[shortcut]\nfrom=-2\n\n"
+            + conv.format(40) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n"
+            + conv.format(40) + "[shortcut]\nfrom=-2\n\n"
+            + "[convolutional]\nfilters=6\nsize=1\nactivation=linear\n\n"
+            "[yolo]\nmask=0\nanchors=4,4\nclasses=1\nnum=1\n")
+    path = tmp_path / "prn.cfg"
+    path.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n" + body)
+    cfg = parse_cfg(path)
+    rules = list(load_rules().values())
+    kinds = []
+    for sec in (s for s in cfg.layers if s.kind == "shortcut"):
+        t = tiny_section(sec, rules)
+        assert signature(t, rules) == signature(sec, rules), sec.index
+        kinds.append(signature(sec, rules)[1][1])
+        (c, c_from), (tc, tc_from) = ([s[2] for s in x.params["in_shapes"]] for x in (sec, t))
+        assert (tc > tc_from) == (c > c_from) and max(tc, tc_from) <= 32
+    assert kinds == ["partial", "slice", "same"]
+
+
 # --------------------------------------------------------------------------- real models
 
 @pytest.fixture(scope="module")

@@ -495,3 +495,40 @@ def test_grey_network_converts_full_integer_with_float_fallback(tmp_path, coco_i
     fb = report["float_fallback"]
     assert len(fb["layers"]) == 1 and fb["float_ops"]
     assert (out / "model.int8-fallback.tflite").is_file()
+
+
+def test_partial_residual_shortcuts_convert_full_integer(tmp_path, coco_images, cache_env):
+    """Shortcuts between layers of different widths (partial residual networks such as
+    yolov3-tiny-prn: Darknet adds the channels both have) lower to slice/add/concat, which
+    quantize: full integer, and the int8 head follows the float one."""
+    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.evaluate import run_model
+    from darknet2tflite.quantize import check_integer, convert_int8, inspect_ops
+    from darknet2tflite.weights import random_weights, write_weights
+    from test_cfg import cfg_text
+    conv = ("[convolutional]\nbatch_normalize=1\nfilters={}\nsize=3\nstride={}\npad=1\n"
+            "activation=leaky\n\n")
+    body = (conv.format(8, 2) + conv.format(16, 1) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n"
+            + conv.format(8, 1) + "[shortcut]\nfrom=-2\n\n")
+    cfg_path = tmp_path / "prn.cfg"
+    cfg_path.write_text(cfg_text(body, net="width=64\nheight=64\nchannels=3"))
+    cfg = parse_cfg(cfg_path)
+    assert [s.params["out_shape"][2] for s in cfg.layers if s.kind == "shortcut"] == [16, 8]
+    w_path = tmp_path / "prn.weights"
+    write_weights(w_path, cfg, random_weights(cfg, seed=4))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    photos = sorted(coco_images.glob("*.jpg"))[:6]
+    for p in photos:
+        (calib / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    convert_int8(cfg_path, w_path, out, calib, progress=None, latency_runs=2, draw=1)
+    data = (out / "model.int8.tflite").read_bytes()
+    assert check_integer(data, "uint8")["full_integer"]
+    assert {"STRIDED_SLICE", "CONCATENATION", "ADD"} <= {op["op"] for op in inspect_ops(data)}
+    meta = json.loads((out / "model.json").read_text())
+    x = preprocess(load_rgb(photos[0]), 64, 64, False)[None]
+    f_head, = run_model(out / "model.float32.tflite", x, meta)
+    q_head, = run_model(out / "model.int8.tflite", x, meta)
+    cos = float(np.sum(f_head * q_head) / np.linalg.norm(f_head) / np.linalg.norm(q_head))
+    assert cos > 0.99, cos
