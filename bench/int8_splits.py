@@ -14,9 +14,13 @@ as a fraction of the model's, darknet2tflite/channel_split.py; 0 = off, 0.15 = t
 (darknet2tflite/augment.py; 0 = off, 256 = the default) and ``--ranges``: the activation
 range methods (quantize.refine_ranges; default: the product's).
 
+``--baseline RUN.json`` (an earlier ``--json``) also prints each setting's loss change
+against it split by split, with its standard error: the photos a split scores are the same
+on both sides, so the split-to-split spread (as large as most effects) cancels.
+
 Usage: .venv/bin/python bench/int8_splits.py [--models yolov4-tiny,yolov3-tiny]
        [--seeds 0,1,2] [--folds 2] [--budgets 0,0.15] [--mirrors 0,256] [--ranges mse,mse-tail]
-       [--json bench/results/int8_splits.json]
+       [--json bench/results/int8_splits.json] [--baseline bench/results/int8_splits_rangepass.json]
 """
 from __future__ import annotations
 
@@ -115,6 +119,39 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired(rows: list[dict], baseline: list[dict]) -> list[dict]:
+    """Per model and setting of ``rows``: the loss differences against ``baseline`` (rows of
+    an earlier --json run) on the same splits (model, folds, seed), i.e. the photos each int8
+    model is scored on are the same on both sides and the split-to-split spread cancels.
+    Positive = the new setting loses more. The baseline must hold one setting per model."""
+    import numpy as np
+    out = []
+    for s in summary(rows):
+        base = [b for b in baseline if b["model"] == s["model"]]
+        settings = {(b["budget"], b.get("mirror", 0), b.get("ranges", "mse")) for b in base}
+        if len(settings) > 1:
+            raise ValueError(f"baseline has {len(settings)} settings for {s['model']}; "
+                             "pass a run with one")
+        by_split = {(b.get("folds", 2), b["seed"]): b for b in base}
+        mine = [r for r in rows if r["model"] == s["model"] and
+                (r["budget"], r.get("mirror", 0), r.get("ranges", "mse"))
+                == (s["budget"], s["mirror"], s["ranges"])]
+        pairs = [(r, by_split[(r.get("folds", 2), r["seed"])]) for r in mine
+                 if (r.get("folds", 2), r["seed"]) in by_split]
+        if not pairs:
+            continue
+        row = {"model": s["model"], "budget": s["budget"], "mirror": s["mirror"],
+               "ranges": s["ranges"], "pairs": len(pairs)}
+        for metric in ("dAP", "dAP50"):
+            d = np.array([b[metric] - r[metric] for r, b in pairs])  # loss(new) - loss(base)
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+            row[metric.replace("d", "", 1) + "_loss_change"] = round(float(d.mean()), 3)
+            row[metric.replace("d", "", 1) + "_se"] = round(se, 3)
+            row[metric.replace("d", "", 1) + "_better"] = int((d < 0).sum())
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="yolov4-tiny,yolov3-tiny")
@@ -125,12 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranges", default=None, help="comma list of range methods "
                     "(default: the product's)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="an earlier --json run (one setting per model): also print the paired "
+                    "loss change per setting, split by split")
     a = ap.parse_args(argv)
     if a.folds < 2:
         ap.error("--folds must be >= 2")
     if not (SHARED / "images" / "coco" / "instances.json").is_file():
         print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
         return 2
+    base_rows = None
+    if a.baseline is not None:
+        try:
+            base_rows = json.loads(a.baseline.read_text(encoding="utf-8"))["rows"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"--baseline {a.baseline}: not an int8_splits --json run ({e})",
+                  file=sys.stderr)
+            return 2
     seeds = [int(s) for s in a.seeds.split(",")]
     from darknet2tflite.quantize import QuantizeOptions
     methods = (a.ranges or QuantizeOptions().ranges).split(",")
@@ -146,10 +194,19 @@ def main(argv: list[str] | None = None) -> int:
         per = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(s["AP_losses"], s["AP50_losses"]))
         print(f"{s['model']:<12} {s['budget']:<7} {s['mirror']:<7} {s['ranges']:<9} {s['splits']:<7} "
               f"{s['mean_AP_loss']:<13} {s['mean_AP50_loss']:<15} {per}")
+    doc = {"rows": rows, "summary": summ}
+    if base_rows is not None:
+        doc["paired"] = paired(rows, base_rows)
+        print(f"\npaired with {a.baseline} (loss change, new - baseline; standard error; "
+              "splits where the new setting loses less)")
+        for p in doc["paired"]:
+            print(f"{p['model']:<12} {p['budget']:<7} {p['mirror']:<7} {p['ranges']:<9} "
+                  f"AP {p['AP_loss_change']:+.3f} (se {p['AP_se']:.3f}, "
+                  f"{p['AP_better']}/{p['pairs']})  AP50 {p['AP50_loss_change']:+.3f} "
+                  f"(se {p['AP50_se']:.3f}, {p['AP50_better']}/{p['pairs']})")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"rows": rows, "summary": summ}, indent=1) + "\n",
-                          encoding="utf-8")
+        a.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

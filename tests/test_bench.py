@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, shared_path
@@ -48,3 +49,29 @@ def test_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     assert all(rerun["states"][s] == "Cached" for s in STAGES[:5])
     assert not set(rerun["produced"]) & set(STAGES[:5])
     assert "orchestration" in doc and "targets" in doc
+
+
+def test_int8_splits_pairs_a_setting_with_its_baseline_split_by_split() -> None:
+    """bench/int8_splits.py --baseline: differences are taken on the same splits (model,
+    folds, seed), so one unlucky split moves both sides; a baseline with two settings for a
+    model is refused rather than silently mixed."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from int8_splits import paired
+
+    def row(model, seed, dap, dap50, ranges="mse", folds=2):
+        return {"model": model, "seed": seed, "folds": folds, "budget": 0.15, "mirror": 256,
+                "ranges": ranges, "dAP": dap, "dAP50": dap50}
+
+    base = [row("m", 0, -1.0, -0.5), row("m", 1, -0.2, -0.1), row("m", 2, -0.6, 0.0),
+            row("m", 0, -9.0, -9.0, folds=3)]
+    new = [row("m", 0, -0.8, -0.7, "x"), row("m", 1, -0.4, -0.1, "x"),
+           row("m", 2, -0.3, 0.2, "x"), row("m", 5, -5.0, -5.0, "x")]
+    (p,) = paired(new, base)
+    assert p["pairs"] == 3 and p["ranges"] == "x"  # seed 5 has no partner, folds=3 differs
+    # loss change = loss(new) - loss(base) = dAP(base) - dAP(new), per split, then averaged
+    diffs = np.array([-0.2, 0.2, -0.3])
+    assert p["AP_loss_change"] == pytest.approx(diffs.mean(), abs=1e-3)
+    assert p["AP_se"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(3), abs=1e-3)
+    assert p["AP_better"] == 2 and p["AP50_better"] == 1
+    with pytest.raises(ValueError, match="2 settings"):
+        paired(new, base + [row("m", 0, -1.0, -0.5, "other")])
