@@ -92,6 +92,9 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str]], s
                    "float_AP": fa["AP"], "float_AP50": fa["AP50"],
                    "int8_AP": qa["AP"], "int8_AP50": qa["AP50"],
                    "dAP": round(qa["AP"] - fa["AP"], 3), "dAP50": round(qa["AP50"] - fa["AP50"], 3),
+                   "dAP_by_size": {k: (None if fa["AP_by_size"][k] is None else
+                                       round(qa["AP_by_size"][k] - fa["AP_by_size"][k], 3))
+                                   for k in fa["AP_by_size"]},
                    "split_layers": {k: v["channels"] for k, v in split.get("layers", {}).items()},
                    "extra_mac_fraction": split.get("extra_mac_fraction", 0.0),
                    "seconds": round(time.perf_counter() - t0, 1)}
@@ -116,6 +119,11 @@ def summary(rows: list[dict]) -> list[dict]:
                             "mean_AP50_loss": round(-float(np.mean([r["dAP50"] for r in rs])), 3),
                             "AP_losses": [-r["dAP"] for r in rs],
                             "AP50_losses": [-r["dAP50"] for r in rs]})
+                sized = [r["dAP_by_size"] for r in rs if r.get("dAP_by_size")]
+                if sized:  # rows of runs before the per-size figures have none
+                    out[-1]["mean_AP_loss_by_size"] = {
+                        k: round(-float(np.mean([d[k] for d in sized if d[k] is not None])), 3)
+                        for k in sized[0] if any(d[k] is not None for d in sized)}
     return out
 
 
@@ -194,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         per = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(s["AP_losses"], s["AP50_losses"]))
         print(f"{s['model']:<12} {s['budget']:<7} {s['mirror']:<7} {s['ranges']:<9} {s['splits']:<7} "
               f"{s['mean_AP_loss']:<13} {s['mean_AP50_loss']:<15} {per}")
+        if s.get("mean_AP_loss_by_size"):
+            print(" " * 13 + "mean AP loss by object size: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in s["mean_AP_loss_by_size"].items()))
     doc = {"rows": rows, "summary": summ}
     if base_rows is not None:
         doc["paired"] = paired(rows, base_rows)

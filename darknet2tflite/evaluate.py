@@ -228,7 +228,13 @@ def _ap(meta: Mapping[str, Any], dets: list[Any], paths: Sequence[Path], annotat
         r = coco_evaluate(annotations, {p.name: d for p, d in zip(paths, dets)}, meta.get("names"))
     except ValueError as e:
         raise InputError(str(e)) from None
+    stats = r.get("stats") or []
+    # COCO's AP by object area (small < 32^2 < medium < 96^2 px < large): int8 losses are
+    # not spread evenly (yolov4-tiny loses most on large objects, docs/int8.md)
+    by_size = {k: (round(100 * v, 3) if v >= 0 else None)
+               for k, v in zip(("small", "medium", "large"), stats[3:6])}
     return {"AP": round(100 * r["AP"], 3), "AP50": round(100 * r["AP50"], 3),
+            "AP_by_size": by_size,
             "images": r["images"], "detections": r["detections"], "warnings": r["warnings"]}
 
 
@@ -332,6 +338,15 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
+def _by_size(ap: Mapping[str, Any]) -> str:
+    """"12.3 / 45.6 / 78.9" (n/a for a size without ground truth; "" for older reports)."""
+    sizes = ap.get("AP_by_size")
+    if not sizes:
+        return ""
+    return " / ".join("n/a" if sizes.get(k) is None else _fmt(sizes[k])
+                      for k in ("small", "medium", "large"))
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return " / ".join(_fmt(x) for x in v)
@@ -395,19 +410,22 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         L += ["## Accuracy (held-out images)", "",
               f"{len(ev.get('images', []))} images, COCO AP@[.5:.95] / AP50, conf "
               f"{ev.get('conf_thresh_ap')}, NMS {ev.get('nms_thresh')}.", "",
-              "| model | AP | AP50 | dAP | dAP50 | detections |", "|---|---|---|---|---|---|"]
+              "| model | AP | AP50 | dAP | dAP50 | AP small / medium / large | detections |",
+              "|---|---|---|---|---|---|---|"]
         for k, v in ev["ap"].items():
             L.append(f"| {k} | {_fmt(v['AP'])} | {_fmt(v['AP50'])} | {_fmt(v['dAP'])} | "
-                     f"{_fmt(v['dAP50'])} | {v['detections']} |")
+                     f"{_fmt(v['dAP50'])} | {_by_size(v)} | {v['detections']} |")
         L.append("")
     cr = ev.get("ap_cross")
     if cr:
         L += [f"Cross-calibrated ({cr['folds']} folds, every one of {cr['images']} images scored "
               "by an int8 model calibrated without it; the shipped model is fold 1):", "",
-              "| model | AP | AP50 | dAP | dAP50 |", "|---|---|---|---|---|",
-              f"| float32 | {_fmt(cr['float32']['AP'])} | {_fmt(cr['float32']['AP50'])} | 0.00 | 0.00 |",
+              "| model | AP | AP50 | dAP | dAP50 | AP small / medium / large |",
+              "|---|---|---|---|---|---|",
+              f"| float32 | {_fmt(cr['float32']['AP'])} | {_fmt(cr['float32']['AP50'])} | 0.00 | "
+              f"0.00 | {_by_size(cr['float32'])} |",
               f"| int8 | {_fmt(cr['int8']['AP'])} | {_fmt(cr['int8']['AP50'])} | {_fmt(cr['dAP'])} | "
-              f"{_fmt(cr['dAP50'])} |", ""]
+              f"{_fmt(cr['dAP50'])} | {_by_size(cr['int8'])} |", ""]
     if ev.get("heads"):
         L += ["## Raw head error vs float32", "",
               "| model | head | grid | SQNR dB | cosine | xy dB | wh dB | obj dB | cls dB |",

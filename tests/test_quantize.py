@@ -120,12 +120,19 @@ def _check_report(out: Path, report: dict) -> None:
     assert ev["sizes"]["int8"] < ev["sizes"]["float32"] / 3
     cross = ev["ap_cross"]
     assert cross["images"] == 86 and cross["folds"] == 2
+    # AP by object size (the 86 shared photos hold all three COCO sizes)
+    for ap in (ev["ap"]["float32"], ev["ap"]["int8"], cross["float32"], cross["int8"]):
+        assert set(ap["AP_by_size"]) == {"small", "medium", "large"}
+        assert all(0 < v < 100 for v in ap["AP_by_size"].values()), ap["AP_by_size"]
+    assert cross["float32"]["AP_by_size"]["small"] < cross["float32"]["AP_by_size"]["large"]
     worst = doc["worst_layers"]
     assert worst and all(isinstance(w["layer"], int) for w in worst[:10])
     assert {t["name"].split(" (")[0] for t in doc["targets"]} >= {
         "int8 AP loss vs float", "int8 AP50 loss vs float",
         "float32 / int8 latency at 1 thread", "int8 conversion seconds"}
     md = (out / "report.md").read_text()
+    sizes = cross["int8"]["AP_by_size"]
+    assert f"| {sizes['small']:.2f} / {sizes['medium']:.2f} / {sizes['large']:.2f} |" in md
     for section in ("## Accuracy", "## Raw head error", "## Size and latency",
                     "## Worst-quantized layers", "## Detections"):
         assert section in md
