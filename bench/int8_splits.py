@@ -103,14 +103,17 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str]], s
     return rows
 
 
+def _setting(r: dict) -> tuple:
+    """(budget, mirror, ranges) of a row or summary entry (older rows lack the last two)."""
+    return r["budget"], r.get("mirror", 0), r.get("ranges", "mse")
+
+
 def summary(rows: list[dict]) -> list[dict]:
     import numpy as np
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        def key(r: dict) -> tuple:
-            return r["budget"], r.get("mirror", 0), r.get("ranges", "mse")
-        for setting in dict.fromkeys(key(r) for r in rows):
-            rs = [r for r in rows if r["model"] == model and key(r) == setting]
+        for setting in dict.fromkeys(_setting(r) for r in rows):
+            rs = [r for r in rows if r["model"] == model and _setting(r) == setting]
             if rs:
                 out.append({"model": model, "budget": setting[0], "mirror": setting[1],
                             "ranges": setting[2],
@@ -136,26 +139,23 @@ def paired(rows: list[dict], baseline: list[dict]) -> list[dict]:
     out = []
     for s in summary(rows):
         base = [b for b in baseline if b["model"] == s["model"]]
-        settings = {(b["budget"], b.get("mirror", 0), b.get("ranges", "mse")) for b in base}
+        settings = {_setting(b) for b in base}
         if len(settings) > 1:
             raise ValueError(f"baseline has {len(settings)} settings for {s['model']}; "
                              "pass a run with one")
         by_split = {(b.get("folds", 2), b["seed"]): b for b in base}
-        mine = [r for r in rows if r["model"] == s["model"] and
-                (r["budget"], r.get("mirror", 0), r.get("ranges", "mse"))
-                == (s["budget"], s["mirror"], s["ranges"])]
+        mine = [r for r in rows if r["model"] == s["model"] and _setting(r) == _setting(s)]
         pairs = [(r, by_split[(r.get("folds", 2), r["seed"])]) for r in mine
                  if (r.get("folds", 2), r["seed"]) in by_split]
         if not pairs:
             continue
         row = {"model": s["model"], "budget": s["budget"], "mirror": s["mirror"],
                "ranges": s["ranges"], "pairs": len(pairs)}
-        for metric in ("dAP", "dAP50"):
-            d = np.array([b[metric] - r[metric] for r, b in pairs])  # loss(new) - loss(base)
+        for name in ("AP", "AP50"):
+            d = np.array([b["d" + name] - r["d" + name] for r, b in pairs])  # new - base loss
             se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-            row[metric.replace("d", "", 1) + "_loss_change"] = round(float(d.mean()), 3)
-            row[metric.replace("d", "", 1) + "_se"] = round(se, 3)
-            row[metric.replace("d", "", 1) + "_better"] = int((d < 0).sum())
+            row.update({f"{name}_loss_change": round(float(d.mean()), 3),
+                        f"{name}_se": round(se, 3), f"{name}_better": int((d < 0).sum())})
         out.append(row)
     return out
 

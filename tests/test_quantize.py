@@ -459,28 +459,33 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
     assert clipped > 10  # MSE clips real upper tails; mse-tail keeps half of each
 
 
+#: a batch-normalized 3x3 leaky conv with (filters, stride), for the small synthetic models
+_CONV = ("[convolutional]\nbatch_normalize=1\nfilters={}\nsize=3\nstride={}\npad=1\n"
+         "activation=leaky\n\n")
+
+
+def _photo_folder(tmp_path: Path, coco_images: Path, n: int = 6) -> tuple[Path, list[Path]]:
+    """A calibration folder holding the first ``n`` shared COCO photos, and those photos."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    photos = sorted(coco_images.glob("*.jpg"))[:n]
+    for p in photos:
+        (calib / p.name).write_bytes(p.read_bytes())
+    return calib, photos
+
+
 def test_grey_network_converts_full_integer_with_float_fallback(tmp_path, coco_images,
                                                                 cache_env):
     """A ``[net] channels=1`` model (grey cameras) is calibrated and evaluated on
     Darknet-grey pixels and ships a one-channel uint8 input; ``float_fallback=1`` also
     writes the fallback model with exactly one Darknet layer left float."""
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.evaluate import run_model
+    from darknet2tflite.evaluate import cosine, run_model
     from darknet2tflite.images import load_network_image
     from darknet2tflite.quantize import check_integer, convert_int8, input_quantization
-    from darknet2tflite.weights import random_weights, write_weights
-    from test_cfg import cfg_text
-    body = "".join(f"[convolutional]\nbatch_normalize=1\nfilters={f}\nsize=3\nstride={s}\n"
-                   "pad=1\nactivation=leaky\n\n" for f, s in ((8, 2), (16, 2), (16, 1)))
-    cfg_path = tmp_path / "grey.cfg"
-    cfg_path.write_text(cfg_text(body, net="width=64\nheight=64\nchannels=1"))
-    w_path = tmp_path / "grey.weights"
-    write_weights(w_path, parse_cfg(cfg_path), random_weights(parse_cfg(cfg_path), seed=2))
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    photos = sorted(coco_images.glob("*.jpg"))[:6]
-    for p in photos:
-        (calib / p.name).write_bytes(p.read_bytes())
+    from test_parity import _synthetic
+    body = "".join(_CONV.format(f, s) for f, s in ((8, 2), (16, 2), (16, 1)))
+    cfg_path, w_path = _synthetic(tmp_path, body, size=64, seed=2, channels=1)
+    calib, photos = _photo_folder(tmp_path, coco_images)
     out = tmp_path / "out"
     report = convert_int8(cfg_path, w_path, out, calib, progress=None, latency_runs=2,
                           draw=1, float_fallback=1)
@@ -497,8 +502,7 @@ def test_grey_network_converts_full_integer_with_float_fallback(tmp_path, coco_i
     f_head, = run_model(out / "model.float32.tflite", x, meta)
     q_head, = run_model(out / "model.int8.tflite", x, meta)
     assert f_head.shape == q_head.shape == (1, 16, 16, 21)
-    cos = float(np.sum(f_head * q_head) / np.linalg.norm(f_head) / np.linalg.norm(q_head))
-    assert cos > 0.99, cos
+    assert cosine(f_head, q_head) > 0.99, cosine(f_head, q_head)
     fb = report["float_fallback"]
     assert len(fb["layers"]) == 1 and fb["float_ops"]
     assert (out / "model.int8-fallback.tflite").is_file()
@@ -509,25 +513,15 @@ def test_partial_residual_shortcuts_convert_full_integer(tmp_path, coco_images, 
     yolov3-tiny-prn: Darknet adds the channels both have) lower to slice/add/concat, which
     quantize: full integer, and the int8 head follows the float one."""
     from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.evaluate import run_model
+    from darknet2tflite.evaluate import cosine, run_model
     from darknet2tflite.quantize import check_integer, convert_int8, inspect_ops
-    from darknet2tflite.weights import random_weights, write_weights
-    from test_cfg import cfg_text
-    conv = ("[convolutional]\nbatch_normalize=1\nfilters={}\nsize=3\nstride={}\npad=1\n"
-            "activation=leaky\n\n")
-    body = (conv.format(8, 2) + conv.format(16, 1) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n"
-            + conv.format(8, 1) + "[shortcut]\nfrom=-2\n\n")
-    cfg_path = tmp_path / "prn.cfg"
-    cfg_path.write_text(cfg_text(body, net="width=64\nheight=64\nchannels=3"))
+    from test_parity import _synthetic
+    body = (_CONV.format(8, 2) + _CONV.format(16, 1) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n"
+            + _CONV.format(8, 1) + "[shortcut]\nfrom=-2\n\n")
+    cfg_path, w_path = _synthetic(tmp_path, body, size=64, seed=4)
     cfg = parse_cfg(cfg_path)
     assert [s.params["out_shape"][2] for s in cfg.layers if s.kind == "shortcut"] == [16, 8]
-    w_path = tmp_path / "prn.weights"
-    write_weights(w_path, cfg, random_weights(cfg, seed=4))
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    photos = sorted(coco_images.glob("*.jpg"))[:6]
-    for p in photos:
-        (calib / p.name).write_bytes(p.read_bytes())
+    calib, photos = _photo_folder(tmp_path, coco_images)
     out = tmp_path / "out"
     convert_int8(cfg_path, w_path, out, calib, progress=None, latency_runs=2, draw=1)
     data = (out / "model.int8.tflite").read_bytes()
@@ -537,5 +531,4 @@ def test_partial_residual_shortcuts_convert_full_integer(tmp_path, coco_images, 
     x = preprocess(load_rgb(photos[0]), 64, 64, False)[None]
     f_head, = run_model(out / "model.float32.tflite", x, meta)
     q_head, = run_model(out / "model.int8.tflite", x, meta)
-    cos = float(np.sum(f_head * q_head) / np.linalg.norm(f_head) / np.linalg.norm(q_head))
-    assert cos > 0.99, cos
+    assert cosine(f_head, q_head) > 0.99, cosine(f_head, q_head)
