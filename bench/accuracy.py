@@ -96,6 +96,21 @@ def bench_model(name: str, images: Path, annotations: Path, names_path: Path,
     return row
 
 
+def shared_photos_missing() -> bool:
+    """True (after saying so on stderr) when the annotated shared COCO photos the int8
+    benchmarks score are not there."""
+    if (SHARED / "images" / "coco" / "instances.json").is_file():
+        return False
+    print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
+    return True
+
+
+def save_json(path: Path, doc: Any, indent: int = 1) -> None:
+    """A benchmark's result file (its folder created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=indent) + "\n", encoding="utf-8")
+
+
 def cross_folds(images: Path, annotations: Path) -> list[tuple[list, list]]:
     """(calibration exclude, evaluation) pairs of the product's own 2-fold split
     (quantize.plan_images: the shipped model's held-out half, then the swapped fold)."""
@@ -218,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row['layout']:>14}: int8 AP {row['int8_AP']:.2f} dAP {row['dAP']:+.2f} "
                   f"dAP50 {row['dAP50']:+.2f}")
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    save_json(out, results, indent=2)
     print(f"\nwrote {out}")
     return 0
 

@@ -19,7 +19,8 @@ relative to the RMS int8 error of draw 0; then mean, standard deviation and rang
 
 Usage: .venv/bin/python bench/int8_noise.py [--models yolov4-tiny] [--draws 8]
        [--budget B] [--mirror N] [--hist-images N] [--ranges METHOD] [--jitter SIGMA]
-       [--calibration-limit N [--subset-seed S]] [--json bench/results/int8_noise.json]
+       [--calibration-limit N [--subset-seed S]] [--box-rounding on|off]
+       [--json bench/results/int8_noise.json]
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # also sets up TF logging and sys.path
-from accuracy import SHARED, int8_bench_model, tflite_heads  # noqa: E402
+from accuracy import (  # noqa: E402
+    SHARED, int8_bench_model, save_json, shared_photos_missing, tflite_heads)
 
 STEP = 1e-6
 
@@ -59,9 +61,10 @@ def redraw(refined: bytes, k: int, jitter: float = 0.0) -> bytes:
 def bench(name: str, draws: int, say, budget: float | None = None, mirror: int | None = None,
           hist_images: int | None = None, limit: int | None = None,
           subset_seed: int | None = None, ranges: str | None = None,
-          jitter: float = 0.0) -> dict:
+          jitter: float = 0.0, box_rounding: bool | None = None) -> dict:
     import numpy as np
     from darknet2tflite.augment import mirror_augment
+    from darknet2tflite.box_rounding import round_box_weights
     from darknet2tflite.calibration import calibrate, load_calibration
     from darknet2tflite.channel_split import split_outlier_channels
     from darknet2tflite.evaluate import _ap, detect, load_eval_images
@@ -90,7 +93,10 @@ def bench(name: str, draws: int, say, budget: float | None = None, mirror: int |
     mirror = opts.calibration_mirror if mirror is None else mirror
     hist_images = HIST_MAX_IMAGES if hist_images is None else hist_images
     ranges = opts.ranges if ranges is None else ranges
+    box_rounding = opts.box_rounding if box_rounding is None else box_rounding
     split_model, _ = split_outlier_channels(model, arr, budget=budget)
+    if box_rounding:   # as quantize.int8_from_keras does
+        split_model, _ = round_box_weights(split_model, arr)
     calib = mirror_augment(arr, mirror)
     refined, _ = refine_ranges(calibrate_model(split_model, calib), calib, ranges,
                                hist_images=hist_images)
@@ -115,7 +121,8 @@ def bench(name: str, draws: int, say, budget: float | None = None, mirror: int |
     return {"model": name, "images": len(paths), "float_AP": fa["AP"], "float_AP50": fa["AP50"],
             "setting": {"channel_split": budget, "calibration_mirror": mirror,
                         "hist_images": hist_images, "calibration_images": len(arr),
-                        "subset_seed": subset_seed, "ranges": ranges, "jitter": jitter},
+                        "subset_seed": subset_seed, "ranges": ranges, "jitter": jitter,
+                        "box_rounding": box_rounding},
             "int8_head_rms_error": round(err, 5), "draws": rows,
             "AP_loss": {"mean": round(float(ap.mean()), 3), "std": round(float(ap.std(ddof=1)), 3)
                         if len(ap) > 1 else 0.0, "min": float(ap.min()), "max": float(ap.max())},
@@ -144,15 +151,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="draws scale each range bound by 1 + JITTER*N(0,1) instead of "
                    "1 + k*1e-6 (e.g. 0.02: range changes as large as another calibration "
                    "set makes, so the mean also averages over calibrations)")
+    p.add_argument("--box-rounding", choices=("on", "off"), default=None,
+                   help="error-feedback rounding of the heads' box weights (default: the "
+                   "product's)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     if a.draws < 2:
         p.error("--draws must be >= 2")
-    if not (SHARED / "images" / "coco" / "instances.json").is_file():
-        print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
+    if shared_photos_missing():
         return 2
     results = [bench(n, a.draws, lambda m: print(m, flush=True), a.budget, a.mirror,
-                     a.hist_images, a.calibration_limit, a.subset_seed, a.ranges, a.jitter)
+                     a.hist_images, a.calibration_limit, a.subset_seed, a.ranges, a.jitter,
+                     None if a.box_rounding is None else a.box_rounding == "on")
                for n in a.models.split(",")]
     print("\nmodel        draws  AP loss mean (std, range)     AP50 loss mean (std, range)")
     for r in results:
@@ -161,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['min']:.2f}..{s['max']:.2f})      {s50['mean']:.2f} ({s50['std']:.2f}, "
               f"{s50['min']:.2f}..{s50['max']:.2f})")
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        save_json(a.json, results)
     return 0
 
 

@@ -12,7 +12,14 @@ Settings, every combination of ``--budgets``: the outlier channel split budget (
 as a fraction of the model's, darknet2tflite/channel_split.py; 0 = off, 0.15 = the default),
 ``--mirrors``: calibration sets smaller than this are completed with mirrored photos
 (darknet2tflite/augment.py; 0 = off, 256 = the default) and ``--ranges``: the activation
-range methods (quantize.refine_ranges; default: the product's).
+range methods (quantize.refine_ranges; default: the product's) and ``--box-rounding``:
+error-feedback rounding of the heads' box weights on and/or off (box_rounding.py; default
+on, the product's; rows without the field were converted before it existed, i.e. off).
+
+``--draws R`` scores R int8 models per calibration that differ only in their rounding
+pattern (ranges scaled by 1 + k*1e-6, bench/int8_noise.py) and takes the mean loss: one
+model's AP on 43 photos moves by 0.3-0.5 AP50 with its rounding pattern alone
+(bench/int8_floor.py), as much as most settings' effects.
 
 ``--baseline RUN.json`` (an earlier ``--json``) also prints each setting's loss change
 against it split by split, with its standard error: the photos a split scores are the same
@@ -20,6 +27,7 @@ on both sides, so the split-to-split spread (as large as most effects) cancels.
 
 Usage: .venv/bin/python bench/int8_splits.py [--models yolov4-tiny,yolov3-tiny]
        [--seeds 0,1,2] [--folds 2] [--budgets 0,0.15] [--mirrors 0,256] [--ranges mse,mse-tail]
+       [--box-rounding on,off] [--draws 1]
        [--json bench/results/int8_splits.json] [--baseline bench/results/int8_splits_rangepass.json]
 """
 from __future__ import annotations
@@ -32,7 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # same models, shared paths, folds and environment set-up (TF log level, repo on sys.path)
-from accuracy import SHARED, cross_folds, int8_bench_model, tflite_heads  # noqa: E402
+from accuracy import (  # noqa: E402
+    SHARED, cross_folds, int8_bench_model, save_json, shared_photos_missing, tflite_heads)
 
 
 def folds_for(seed: int, images: Path, annotations: Path, k: int = 2
@@ -55,12 +64,14 @@ def folds_for(seed: int, images: Path, annotations: Path, k: int = 2
     return [([Path(p) for p in part], [Path(p) for p in part]) for part in parts]
 
 
-def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str]], say,
-          k: int = 2) -> list[dict]:
+def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str, bool]], say,
+          k: int = 2, draws: int = 1) -> list[dict]:
+    import numpy as np
     from darknet2tflite.calibration import calibrate, load_calibration
     from darknet2tflite.evaluate import _ap, detect, load_eval_images
     from darknet2tflite.export import convert
-    from darknet2tflite.quantize import QuantizeOptions, int8_from_keras
+    from darknet2tflite.quantize import QuantizeOptions, int8_from_keras, quantize_calibrated
+    from int8_noise import redraw
     images = SHARED / "images" / "coco"
     annotations = images / "instances.json"
     cfg, meta, model, groups = int8_bench_model(name)
@@ -76,23 +87,37 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str]], s
             fdets += detect(tflite_heads(fl, model, meta, groups, batch), meta, sizes)
             paths += fp
         fa = _ap(meta, fdets, paths, annotations)
-        for budget, mirror, ranges in settings:
+        for budget, mirror, ranges, boxes in settings:
             t0 = time.perf_counter()
-            qdets, split = [], {}
+            qdets: list[list] = [[] for _ in range(draws)]
+            split: dict = {}
             for arr, (batch, fp, sizes, _) in zip(arrays, evals):
-                data, *_, split = int8_from_keras(model, arr, QuantizeOptions(
+                data, refined, _, _, split, _ = int8_from_keras(model, arr, QuantizeOptions(
                     channel_split=budget, calibration_mirror=mirror, ranges=ranges,
-                    debug_images=0),
+                    box_rounding=boxes, debug_images=0),
                     lambda _m: None)
-                qdets += detect(tflite_heads(data, model, meta, groups, batch), meta, sizes)
-            qa = _ap(meta, qdets, paths, annotations)
+                for d in range(draws):
+                    if d:  # the same calibration, rounding pattern redrawn (int8_noise.py)
+                        data = quantize_calibrated(redraw(refined, d))
+                    qdets[d] += detect(tflite_heads(data, model, meta, groups, batch), meta,
+                                       sizes)
+            scores = [_ap(meta, q, paths, annotations) for q in qdets]
+            qa = {m: float(np.mean([s[m] for s in scores])) for m in ("AP", "AP50")}
+            qa["AP_by_size"] = {size: (None if any(s["AP_by_size"][size] is None for s in scores)
+                                       else float(np.mean([s["AP_by_size"][size]
+                                                           for s in scores])))
+                                for size in scores[0]["AP_by_size"]}
             row = {"model": name, "seed": seed, "folds": k, "budget": budget, "mirror": mirror,
-                   "ranges": ranges,
+                   "ranges": ranges, "box_rounding": boxes,
                    "images": len(paths),
                    "float_AP": fa["AP"], "float_AP50": fa["AP50"],
                    "int8_AP": qa["AP"], "int8_AP50": qa["AP50"],
                    "dAP": round(qa["AP"] - fa["AP"], 3), "dAP50": round(qa["AP50"] - fa["AP50"], 3),
-                   "dAP_by_size": {k: (None if fa["AP_by_size"][k] is None else
+                   "draws": draws,
+                   "dAP_draws": [round(x["AP"] - fa["AP"], 3) for x in scores],
+                   "dAP50_draws": [round(x["AP50"] - fa["AP50"], 3) for x in scores],
+                   "dAP_by_size": {k: (None if fa["AP_by_size"][k] is None
+                                       or qa["AP_by_size"][k] is None else
                                        round(qa["AP_by_size"][k] - fa["AP_by_size"][k], 3))
                                    for k in fa["AP_by_size"]},
                    "split_layers": {k: v["channels"] for k, v in split.get("layers", {}).items()},
@@ -104,8 +129,9 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str]], s
 
 
 def _setting(r: dict) -> tuple:
-    """(budget, mirror, ranges) of a row or summary entry (older rows lack the last two)."""
-    return r["budget"], r.get("mirror", 0), r.get("ranges", "mse")
+    """(budget, mirror, ranges, box rounding) of a row or summary entry (older rows lack the
+    last three; rows before box rounding existed were converted without it)."""
+    return r["budget"], r.get("mirror", 0), r.get("ranges", "mse"), r.get("box_rounding", False)
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -116,7 +142,7 @@ def summary(rows: list[dict]) -> list[dict]:
             rs = [r for r in rows if r["model"] == model and _setting(r) == setting]
             if rs:
                 out.append({"model": model, "budget": setting[0], "mirror": setting[1],
-                            "ranges": setting[2],
+                            "ranges": setting[2], "box_rounding": setting[3],
                             "splits": len(rs),
                             "mean_AP_loss": round(-float(np.mean([r["dAP"] for r in rs])), 3),
                             "mean_AP50_loss": round(-float(np.mean([r["dAP50"] for r in rs])), 3),
@@ -150,7 +176,7 @@ def paired(rows: list[dict], baseline: list[dict]) -> list[dict]:
         if not pairs:
             continue
         row = {"model": s["model"], "budget": s["budget"], "mirror": s["mirror"],
-               "ranges": s["ranges"], "pairs": len(pairs)}
+               "ranges": s["ranges"], "box_rounding": s["box_rounding"], "pairs": len(pairs)}
         for name in ("AP", "AP50"):
             d = np.array([b["d" + name] - r["d" + name] for r, b in pairs])  # new - base loss
             se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
@@ -158,6 +184,10 @@ def paired(rows: list[dict], baseline: list[dict]) -> list[dict]:
                         f"{name}_se": round(se, 3), f"{name}_better": int((d < 0).sum())})
         out.append(row)
     return out
+
+
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,15 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mirrors", default="0,256")
     ap.add_argument("--ranges", default=None, help="comma list of range methods "
                     "(default: the product's)")
+    ap.add_argument("--box-rounding", default=None,
+                    help="comma list of on/off: error-feedback rounding of the heads' box "
+                    "weights (box_rounding.py; default: the product's)")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="int8 models per calibration, differing only in their rounding "
+                    "pattern (ranges scaled by 1 + k*1e-6, as in int8_noise.py); a row's loss "
+                    "is their mean, which halves the rounding luck at 4 draws")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--baseline", type=Path, default=None,
                     help="an earlier --json run (one setting per model): also print the paired "
                     "loss change per setting, split by split")
     a = ap.parse_args(argv)
-    if a.folds < 2:
-        ap.error("--folds must be >= 2")
-    if not (SHARED / "images" / "coco" / "instances.json").is_file():
-        print(f"needs the shared COCO photos in {SHARED / 'images' / 'coco'}", file=sys.stderr)
+    if a.folds < 2 or a.draws < 1:
+        ap.error("--folds must be >= 2 and --draws >= 1")
+    if shared_photos_missing():
         return 2
     base_rows = None
     if a.baseline is not None:
@@ -190,17 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in a.seeds.split(",")]
     from darknet2tflite.quantize import QuantizeOptions
     methods = (a.ranges or QuantizeOptions().ranges).split(",")
-    settings = [(float(b), int(m), r) for b in a.budgets.split(",")
-                for m in a.mirrors.split(",") for r in methods]
+    box_spec = (a.box_rounding or _onoff(QuantizeOptions().box_rounding)).split(",")
+    if set(box_spec) - {"on", "off"}:
+        ap.error("--box-rounding takes on and/or off")
+    boxes = [v == "on" for v in box_spec]
+    settings = [(float(b), int(m), r, x) for b in a.budgets.split(",")
+                for m in a.mirrors.split(",") for r in methods for x in boxes]
     rows = []
     for name in a.models.split(","):
-        rows += bench(name, seeds, settings, lambda m: print(m, flush=True), a.folds)
+        rows += bench(name, seeds, settings, lambda m: print(m, flush=True), a.folds, a.draws)
     summ = summary(rows)
-    print("\nmodel        budget  mirror  ranges    splits  mean AP loss  mean AP50 loss  "
+    print("\nmodel        budget  mirror  ranges    boxes  splits  mean AP loss  mean AP50 loss  "
           "per split (AP / AP50)")
     for s in summ:
         per = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(s["AP_losses"], s["AP50_losses"]))
-        print(f"{s['model']:<12} {s['budget']:<7} {s['mirror']:<7} {s['ranges']:<9} {s['splits']:<7} "
+        print(f"{s['model']:<12} {s['budget']:<7} {s['mirror']:<7} {s['ranges']:<9} "
+              f"{_onoff(s['box_rounding']):<6} {s['splits']:<7} "
               f"{s['mean_AP_loss']:<13} {s['mean_AP50_loss']:<15} {per}")
         if s.get("mean_AP_loss_by_size"):
             print(" " * 13 + "mean AP loss by object size: " + ", ".join(
@@ -212,12 +253,11 @@ def main(argv: list[str] | None = None) -> int:
               "splits where the new setting loses less)")
         for p in doc["paired"]:
             print(f"{p['model']:<12} {p['budget']:<7} {p['mirror']:<7} {p['ranges']:<9} "
-                  f"AP {p['AP_loss_change']:+.3f} (se {p['AP_se']:.3f}, "
+                  f"{_onoff(p['box_rounding']):<6} AP {p['AP_loss_change']:+.3f} (se {p['AP_se']:.3f}, "
                   f"{p['AP_better']}/{p['pairs']})  AP50 {p['AP50_loss_change']:+.3f} "
                   f"(se {p['AP50_se']:.3f}, {p['AP50_better']}/{p['pairs']})")
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        save_json(a.json, doc)
     return 0
 
 

@@ -381,6 +381,10 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         if conv.get("channel_split"):
             from .channel_split import describe
             L.append(f"| outlier channels split | {describe(conv['channel_split'])} |")
+        if conv.get("box_rounding"):
+            from .box_rounding import describe as describe_boxes
+            L.append(f"| box weights rounded with error feedback | "
+                     f"{describe_boxes(conv['box_rounding'])} |")
         mem = conv.get("memory") or {}
         if mem:
             L.append(f"| peak RSS (MB) | {_fmt(mem.get('peak_mb'), 0)} "

@@ -80,6 +80,8 @@ class QuantizeOptions:
     channel_split: float = MAC_BUDGET
     #: complete smaller calibration sets with mirrored photos up to this many (augment.py)
     calibration_mirror: int = MIRROR_TARGET
+    #: round the heads' box weights with error feedback (box_rounding.py)
+    box_rounding: bool = True
 
     def validate(self) -> None:
         check_options(asdict(self))
@@ -557,6 +559,7 @@ class QuantizeResult:
     channel_split: dict[str, Any] = field(default_factory=dict)
     mirrored_images: int = 0             # mirrored copies added to the calibration images
     range_method: str = ""               # QuantizeOptions.ranges ("" in results before it)
+    box_rounding: dict[str, Any] = field(default_factory=dict)  # box_rounding.py report
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -568,15 +571,22 @@ class QuantizeResult:
 
 def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
                     progress: Progress = print
-                    ) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Split outlier channels, calibrate (on ``images`` completed with mirrored copies up to
-    ``opts.calibration_mirror``), refine ranges, quantize and verify: (int8 model, refined
-    calibrated model, range table, integer check, channel split report)."""
+                    ) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any], dict[str, Any],
+                               dict[str, Any]]:
+    """Split outlier channels, round the box weights, calibrate (on ``images`` completed
+    with mirrored copies up to ``opts.calibration_mirror``), refine ranges, quantize and
+    verify: (int8 model, refined calibrated model, range table, integer check, channel split
+    report, box rounding report)."""
     from .augment import mirror_augment
+    from .box_rounding import round_box_weights
     from .channel_split import split_outlier_channels
     t0 = time.perf_counter()
     model, split = split_outlier_channels(model, images, budget=opts.channel_split,
                                           progress=progress)
+    boxes: dict[str, Any] = {}
+    if opts.box_rounding:  # after the split: the box convolutions read its copied channels
+        model, box_report = round_box_weights(model, images, progress=progress)
+        boxes = box_report.to_dict()
     mirrored = mirrored_count(len(images), opts.calibration_mirror)
     progress(f"int8: calibrating on {len(images)} images"
              + (f" + {mirrored} mirrored" if mirrored else ""))
@@ -585,7 +595,7 @@ def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
     progress(f"int8: calibrated in {time.perf_counter() - t0:.1f}s")
     refined, table = refine_ranges(calibrated, images, opts.ranges, progress)
     data = quantize_calibrated(refined, opts.input_type)
-    return data, refined, table, check_integer(data, opts.input_type), split.to_dict()
+    return data, refined, table, check_integer(data, opts.input_type), split.to_dict(), boxes
 
 
 def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Path,
@@ -611,7 +621,8 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
 
     t0 = time.perf_counter()
     with PeakRSS() as mem:
-        data, refined, table, check, split = int8_from_keras(model, images, opts, progress)
+        data, refined, table, check, split, boxes = int8_from_keras(model, images, opts,
+                                                                    progress)
     seconds = time.perf_counter() - t0
     progress(f"int8: full-integer model in {seconds:.1f}s "
              f"({sum(check['ops'].values())} ops, peak RSS {mem.peak / 2**20:.0f} MB)")
@@ -623,7 +634,8 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     imeta = dict(meta, head_outputs=heads_int8, quantization={
         "input_type": opts.input_type, "ranges": opts.ranges, "calibration_images": len(images),
         "mirrored_images": mirrored_count(len(images), opts.calibration_mirror),
-        "channel_split": {k: v["channels"] for k, v in split["layers"].items()}})
+        "channel_split": {k: v["channels"] for k, v in split["layers"].items()},
+        "box_rounding": sorted(boxes.get("layers", {}))})
     paths["tflite_int8"] = save_tflite(data, out / "model.int8.tflite", imeta)
 
     layer_errs: list[dict[str, Any]] = []
@@ -671,7 +683,7 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     paths["meta"] = out / "model.json"
     result = QuantizeResult(paths, round(seconds, 2), mem.to_dict(), check, table, layer_errs,
                             fallback, variants, split, imeta["quantization"]["mirrored_images"],
-                            opts.ranges)
+                            opts.ranges, boxes)
     write_json(out / "quantize.json", result.to_dict())
     paths["quantize"] = out / "quantize.json"
     return result
@@ -786,6 +798,7 @@ def assemble_report(cfg_path: str | Path, q: QuantizeResult, calib: Any,
             "input_type": q.integer_check["input"]["dtype"],
             "variants": q.variants,
             "channel_split": q.channel_split,
+            "box_rounding": q.box_rounding,
         },
         "evaluation": dict(evaluation),
         "worst_layers": q.layer_errors[:20],

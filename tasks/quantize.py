@@ -21,6 +21,8 @@ from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, run_stage
 
 STAGE = "quantize"
 RANGES = "mse"
+#: QuantizeOptions.box_rounding, in the cache key so models quantized before it recompute
+BOX_ROUNDING = True
 
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -39,6 +41,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
         options.update(input_type=p.get("input_type") or "uint8",
                        float_fallback=int(p.get("float_fallback") or 0),
                        backend=p.get("backend") or "direct", ranges=RANGES,
+                       box_rounding=BOX_ROUNDING,
                        channel_split=split_budget(p), calibration_mirror=mirror_target(p))
     return inputs, options
 

@@ -75,3 +75,82 @@ def test_int8_splits_pairs_a_setting_with_its_baseline_split_by_split() -> None:
     assert p["AP_better"] == 2 and p["AP50_better"] == 1
     with pytest.raises(ValueError, match="2 settings"):
         paired(new, base + [row("m", 0, -1.0, -0.5, "other")])
+
+
+def _small_convs(seed: int = 0):
+    """A float Keras model with a plain, a grouped and a depthwise convolution whose weights
+    have very unequal channel ranges (the case per-channel scales exist for)."""
+    import keras
+    rng = np.random.default_rng(seed)
+    x = inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="plain")(x)
+    x = keras.layers.LeakyReLU(0.1)(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", groups=2, name="grouped")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="depthwise")(x)
+    model = keras.Model(inp, x)
+    for layer in model.layers:
+        w = layer.get_weights()
+        if w:
+            k = rng.normal(size=w[0].shape) * rng.uniform(0.05, 3.0, size=w[0].shape[-1])
+            layer.set_weights([k.astype(np.float32), rng.normal(size=w[1].shape)
+                               .astype(np.float32)])
+    return model
+
+
+def test_int8_floor_rounds_weights_exactly_as_the_converter_does() -> None:
+    """bench/int8_floor.py's weight floor is only a floor if its rounding is the converter's:
+    every int8 kernel TFLite writes (plain, grouped, depthwise) equals ours."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from int8_floor import _kernel_axes, rounding_error
+
+    from darknet2tflite.export import convert, interpreter
+    model = _small_convs()
+    rng = np.random.default_rng(1)
+    data = convert(model, mode="int8", representative=lambda: (
+        [rng.uniform(0, 1, (1, 16, 16, 3)).astype(np.float32)] for _ in range(4)))
+    it = interpreter(data)
+    kernels = {}
+    for d in it.get_tensor_details():
+        if d["dtype"] == np.int8 and len(d["shape"]) == 4 and \
+                len(d["quantization_parameters"]["scales"]) > 1:
+            kernels[tuple(d["shape"])] = (it.get_tensor(d["index"]).astype(np.float32),
+                                  d["quantization_parameters"]["scales"])
+    checked = 0
+    for layer in model.layers:
+        axes = _kernel_axes(layer)
+        if axes is None:
+            continue
+        k = layer.get_weights()[0]
+        ours = k + rounding_error(k, axes)
+        # TFLite layouts: conv (cout, kh, kw, cin); depthwise (1, kh, kw, cin * mult)
+        layout = (lambda a: a.transpose(3, 0, 1, 2)) if len(axes) == 3 else \
+            (lambda a: a.reshape(1, *a.shape[:2], -1))
+        want = layout(ours)
+        q, scales = kernels[want.shape]   # the three kernels' shapes differ
+        shape = (-1, 1, 1, 1) if len(axes) == 3 else (1, 1, 1, -1)
+        got = q * scales.reshape(shape).astype(np.float32)
+        step = np.abs(k).max() / 127
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() < 1e-3 * step, layer.name
+        assert np.abs(got - layout(k)).max() > 0.1 * step   # and it did round
+        checked += 1
+    assert checked == 3
+
+
+def test_int8_floor_bias_correction_removes_the_mean_rounding_offset() -> None:
+    """The first convolution's output with rounded weights and corrected bias has the float
+    output's per-channel mean on the statistics images; without the correction it does not."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import keras
+    from int8_floor import round_weights
+    images = np.random.default_rng(2).uniform(0, 1, (6, 16, 16, 3)).astype(np.float32)
+    means = {}
+    for corrected in (False, True):
+        model = _small_convs()
+        first = keras.Model(model.inputs, model.get_layer("plain").output)
+        before = np.asarray(first(images)).mean(axis=(0, 1, 2))
+        round_weights(model, stats=images if corrected else None)
+        means[corrected] = np.asarray(first(images)).mean(axis=(0, 1, 2)) - before
+    scale = np.abs(means[False]).max()
+    assert scale > 1e-3                       # rounding does shift the channel means
+    assert np.abs(means[True]).max() < 1e-4 * max(scale, 1.0)

@@ -1,0 +1,127 @@
+"""Error-feedback rounding of the heads' box weights (darknet2tflite/box_rounding.py): the
+weights stay on the converter's int8 grid (so the converter keeps them exactly), and the box
+outputs' error from int8 weights drops on photos the rounding never saw."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from darknet2tflite.box_rounding import (QMAX, box_convs, feedback_round,  # noqa: E402
+                                         nearest, round_box_weights)
+
+
+def _on_grid(q: np.ndarray, w: np.ndarray) -> None:
+    """Each output channel of ``q`` is integer levels of max|w| / 127, reaching +-127."""
+    scale = np.abs(w).max(axis=0) / QMAX
+    levels = q / scale
+    assert np.allclose(levels, np.round(levels), atol=1e-3)
+    assert np.all(np.abs(np.round(levels)) <= QMAX)
+    assert np.allclose(np.abs(q).max(axis=0), np.abs(w).max(axis=0), rtol=1e-6)
+
+
+def test_feedback_rounding_stays_on_the_converters_grid() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_t(3, size=(64, 5)).astype(np.float32)    # heavy tails, like real kernels
+    x = rng.normal(size=(4000, 64)) @ rng.normal(size=(64, 64)) + 0.5  # correlated inputs
+    h = x.T @ x / len(x)
+    q = feedback_round(w, h)
+    _on_grid(q, w)
+    # the inputs' covariance decides, and the output error is what drops
+    err = lambda d: float(np.einsum("ic,ij,jc->", d, h, d))  # noqa: E731
+    scale = np.abs(w).max(axis=0) / QMAX
+    assert err(q - w) < 0.7 * err(nearest(w.astype(np.float64), scale) - w)
+
+
+def test_uncorrelated_inputs_leave_nothing_to_feed_back() -> None:
+    """With independent, equally strong inputs the best rounding is the nearest level."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(32, 3)).astype(np.float32)
+    q = feedback_round(w, np.eye(32))
+    scale = np.abs(w).max(axis=0) / QMAX
+    assert np.allclose(q, nearest(w.astype(np.float64), scale), atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def yolov4_tiny_int8_model(yolov4_tiny, coco_images, tmp_path_factory):
+    """yolov4-tiny as the int8 path builds it (head split), and 32 + 16 real photos."""
+    from darknet2tflite.builder import build_keras
+    from darknet2tflite.calibration import calibrate, load_calibration
+    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.metadata import decode_metadata
+    from darknet2tflite.quantize import int8_rules
+    from darknet2tflite.weights import read_weights
+    cfg_path, weights_path = yolov4_tiny
+    cfg = parse_cfg(cfg_path)
+    model, _ = build_keras(cfg, read_weights(weights_path, cfg), int8_rules())
+    npy = tmp_path_factory.mktemp("box-rounding") / "calibration.npy"
+    photos = load_calibration(calibrate(cfg, coco_images, npy, 48, progress=None).npy)
+    return model, decode_metadata(cfg, None), photos[:32], photos[32:48]
+
+
+def _box_error(model, rounded, photos) -> float:
+    """Mean squared error of the box outputs of ``rounded`` vs ``model`` (float activations:
+    only the weights differ)."""
+    names = [n for n in model.output_names if n.endswith("_box")]
+    a = keras.Model(model.inputs, [model.get_layer(n).output for n in names])(photos)
+    b = keras.Model(rounded.inputs, [rounded.get_layer(n).output for n in names])(photos)
+    return float(np.mean([np.mean((np.asarray(u) - np.asarray(v)) ** 2) for u, v in zip(a, b)]))
+
+
+def test_box_outputs_lose_less_to_int8_weights_on_unseen_photos(yolov4_tiny_int8_model):
+    model, meta, seen, unseen = yolov4_tiny_int8_model
+    convs = box_convs(model)
+    assert len(convs) == sum(len(h["anchors"]) for h in meta["heads"])   # one per anchor
+    before = {c.name: c.get_weights()[0].copy() for c in convs}
+    rounded, report = round_box_weights(model, seen)
+    assert report.images == len(seen) and set(report.layers) == set(before)
+    for c in convs:   # the caller's model is left alone
+        assert np.array_equal(model.get_layer(c.name).get_weights()[0], before[c.name])
+    # the same layers with the converter's nearest rounding, for comparison
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    for c in convs:
+        k, *rest = c.get_weights()
+        scale = np.abs(k).max(axis=(0, 1, 2)) / QMAX
+        plain.get_layer(c.name).set_weights([nearest(k.astype(np.float64), scale)
+                                             .astype(np.float32)] + rest)
+        _on_grid(rounded.get_layer(c.name).get_weights()[0][0, 0], k[0, 0])
+    err_feedback, err_nearest = _box_error(model, rounded, unseen), _box_error(model, plain,
+                                                                                unseen)
+    assert err_feedback < 0.8 * err_nearest, (err_feedback, err_nearest)
+
+
+def test_the_converter_keeps_the_rounded_weights(yolov4_tiny_int8_model):
+    """The int8 kernels TFLite writes are exactly the fed-back ones: no second rounding."""
+    from darknet2tflite.export import interpreter
+    from darknet2tflite.quantize import calibrate_model, quantize_calibrated
+    model, _, seen, _ = yolov4_tiny_int8_model
+    rounded, _ = round_box_weights(model, seen[:8])
+    it = interpreter(quantize_calibrated(calibrate_model(rounded, seen[:2])))
+    kernels = {}
+    for d in it.get_tensor_details():
+        scales = d["quantization_parameters"]["scales"]
+        if d["dtype"] == np.int8 and len(d["shape"]) == 4 and len(scales) > 1:
+            kernels[d["name"]] = it.get_tensor(d["index"]) * scales[:, None, None, None]
+    checked = 0
+    for conv in box_convs(rounded):
+        (name,) = [n for n in kernels if f"/{conv.name}" in n]
+        ours = conv.get_weights()[0][0, 0]                 # (inputs, outputs)
+        step = np.abs(ours).max(axis=0) / QMAX
+        assert np.all(np.abs(kernels[name][:, 0, 0, :].T - ours) <= 1e-4 * step)
+        checked += 1
+    assert checked == len(box_convs(model))
+
+
+def test_no_box_outputs_no_change(yolov4_tiny, coco_images):
+    """A model whose heads are not split (plain contract outputs) has nothing to round."""
+    from darknet2tflite.builder import build_keras
+    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.weights import read_weights
+    cfg_path, weights_path = yolov4_tiny
+    cfg = parse_cfg(cfg_path)
+    model, _ = build_keras(cfg, read_weights(weights_path, cfg))
+    photos = np.random.default_rng(0).uniform(0, 1, (2, 416, 416, 3)).astype(np.float32)
+    same, report = round_box_weights(model, photos)
+    assert same is model and report.layers == {} and box_convs(model) == []
