@@ -96,6 +96,21 @@ def bench_model(name: str, images: Path, annotations: Path, names_path: Path,
     return row
 
 
+def head_errors(meta: dict, ref: list, heads: list) -> tuple[float, float]:
+    """Objectness and w/h squared error of raw ``heads`` vs ``ref`` at the cells with
+    reference objectness > 0.05 (where detections come from), summed over heads."""
+    import numpy as np
+    obj = wh = 0.0
+    for h, f, q in zip(meta["heads"], ref, heads):
+        n = len(h["anchors"]) if h.get("type", "yolo") == "yolo" else int(h["num"])
+        f = f.reshape(f.shape[:-1] + (n, -1))
+        q = q.reshape(q.shape[:-1] + (n, -1))
+        m = f[..., 4] > np.log(0.05 / 0.95)
+        obj += float(((f[..., 4] - q[..., 4])[m] ** 2).mean())
+        wh += float(((f[..., 2:4] - q[..., 2:4])[m] ** 2).mean())
+    return obj, wh
+
+
 def shared_photos_missing() -> bool:
     """True (after saying so on stderr) when the annotated shared COCO photos the int8
     benchmarks score are not there."""

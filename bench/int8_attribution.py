@@ -27,6 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import head_errors  # noqa: E402  (the head error the int8 benches share)
+
 SHARED = REPO.parent / "shared"
 MODELS = {"yolov4-tiny": ("darknet/cfg/yolov4-tiny.cfg", "darknet/weights/yolov4-tiny.weights"),
           "yolov3-tiny": ("darknet/cfg/yolov3-tiny.mask123.cfg",
@@ -40,8 +43,6 @@ def main() -> int:
     ap.add_argument("--annotations", default=str(SHARED / "images" / "coco" / "instances.json"))
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
-
-    import numpy as np
 
     from darknet2tflite.builder import build_keras
     from darknet2tflite.calibration import calibrate, load_calibration, representative_dataset
@@ -75,14 +76,7 @@ def main() -> int:
 
     def errors(data: bytes) -> dict[str, float]:
         """Squared error summed over heads: objectness and w/h logits at relevant cells."""
-        obj = wh = 0.0
-        for h, f, q in zip(meta["heads"], ref, heads(data)):
-            n = len(h["anchors"]) if h.get("type", "yolo") == "yolo" else int(h["num"])
-            f = f.reshape(f.shape[:-1] + (n, -1))
-            q = q.reshape(q.shape[:-1] + (n, -1))
-            m = f[..., 4] > np.log(0.05 / 0.95)
-            obj += float(((f[..., 4] - q[..., 4])[m] ** 2).mean())
-            wh += float(((f[..., 2:4] - q[..., 2:4])[m] ** 2).mean())
+        obj, wh = head_errors(meta, ref, heads(data))
         return {"obj_mse": obj, "wh_mse": wh}
 
     calibrated = calibrate_model(model, calib)

@@ -43,10 +43,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # also sets up TF logging and sys.path
 from accuracy import (  # noqa: E402
-    SHARED, int8_bench_model, save_json, shared_photos_missing, tflite_heads)
+    SHARED, head_errors, int8_bench_model, save_json, shared_photos_missing,
+    tflite_heads)
 
-#: int8 weights are symmetric in [-127, 127] (TFLite's narrow range)
-QMAX = 127
 #: calibration photos whose float layer inputs give the bias correction's offsets
 STAT_IMAGES = 16
 #: weight draw k coarsens every channel's scale by 1 + WEIGHT_STEP * k
@@ -68,12 +67,9 @@ def rounding_error(kernel: Any, axes: tuple[int, ...], coarsen: float = 1.0) -> 
     """int8-rounded kernel minus kernel: scale max|w| / 127 per output channel (times
     ``coarsen``), round half away from zero, in float32 as the converter computes it."""
     import numpy as np
+    from darknet2tflite.box_rounding import channel_scale, nearest
     k = np.asarray(kernel, dtype=np.float32)
-    scale = np.abs(k).max(axis=axes, keepdims=True) / np.float32(QMAX) * np.float32(coarsen)
-    scale[scale == 0] = 1.0
-    x = k / scale
-    q = np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), -QMAX, QMAX)
-    return (q * scale - k).astype(np.float32)
+    return (nearest(k, channel_scale(k, axes) * np.float32(coarsen)) - k).astype(np.float32)
 
 
 def _error_conv(layer: Any, delta: Any) -> Any:
@@ -196,21 +192,6 @@ def bench_weights(name: str, draws: int, bias_correction: bool, say) -> dict:
             "AP_se": round(float(d[:, 0].std(ddof=1) / np.sqrt(len(d))), 3) if len(d) > 1 else None,
             "AP50_se": round(float(d[:, 1].std(ddof=1) / np.sqrt(len(d))), 3) if len(d) > 1 else None}
     return out
-
-
-def head_errors(meta: dict, ref: list, heads: list) -> tuple[float, float]:
-    """Objectness and w/h squared error of ``heads`` vs ``ref`` at the cells with reference
-    objectness > 0.05, summed over heads."""
-    import numpy as np
-    obj = wh = 0.0
-    for h, f, q in zip(meta["heads"], ref, heads):
-        n = len(h["anchors"])
-        f = f.reshape(f.shape[:-1] + (n, -1))
-        q = q.reshape(q.shape[:-1] + (n, -1))
-        m = f[..., 4] > np.log(0.05 / 0.95)
-        obj += float(((f[..., 4] - q[..., 4])[m] ** 2).mean())
-        wh += float(((f[..., 2:4] - q[..., 2:4])[m] ** 2).mean())
-    return obj, wh
 
 
 def bench_layers(name: str, say) -> dict:

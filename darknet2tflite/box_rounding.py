@@ -47,6 +47,16 @@ class BoxRoundingReport:
         return asdict(self)
 
 
+def channel_scale(kernel: "np.ndarray", axes: tuple[int, ...] = (0,)) -> "np.ndarray":
+    """The converter's per-channel weight scale, max|w| / 127 over ``axes`` (the axes that
+    are not the output channel; kept as size-1 dimensions), in the kernel's dtype; 1 for an
+    all-zero channel."""
+    import numpy as np
+    scale = np.abs(kernel).max(axis=axes, keepdims=True) / QMAX
+    scale[scale == 0] = 1.0
+    return scale
+
+
 def nearest(w: "np.ndarray", scale: "np.ndarray") -> "np.ndarray":
     """The converter's rounding: nearest level, half away from zero, within +-127."""
     import numpy as np
@@ -60,8 +70,7 @@ def feedback_round(kernel: "np.ndarray", hessian: "np.ndarray") -> "np.ndarray":
     import numpy as np
     w = np.asarray(kernel, dtype=np.float64)
     n_in, n_out = w.shape
-    scale = np.abs(w).max(axis=0) / QMAX
-    scale[scale == 0] = 1.0
+    scale = channel_scale(w)[0]
     h = np.asarray(hessian, dtype=np.float64)
     h = h + np.eye(n_in) * DAMPING * max(float(np.mean(np.diag(h))), 1e-12)
     out = np.empty_like(w)
@@ -131,13 +140,12 @@ def round_box_weights(model: Any, images: "np.ndarray", max_images: int = STAT_I
     for conv in convs:
         h = hessian[id(conv.input)]
         kernel, *rest = conv.get_weights()
-        w = kernel[0, 0]
-        q = feedback_round(w, h)
-        scale = np.abs(w).max(axis=0) / QMAX
-        scale[scale == 0] = 1.0
-        plain = nearest(w.astype(np.float64), scale) - w
-        err = lambda d: np.einsum("ic,ij,jc->c", d, h, d)  # noqa: E731  per-channel MSE
-        e_plain, e_fb = err(plain), err(q.astype(np.float64) - w)
+        q = feedback_round(kernel[0, 0], h)
+        w = kernel[0, 0].astype(np.float64)
+        # per output channel: E[(dW x)^2] over the statistics images; the converter's scale
+        # is float32, as the kernel
+        e_plain, e_fb = (np.einsum("ic,ij,jc->c", d, h, d)
+                         for d in (nearest(w, channel_scale(kernel[0, 0])) - w, q - w))
         new.get_layer(conv.name).set_weights([q[None, None]] + rest)
         report.layers[conv.name] = {
             "output_mse_nearest": float(e_plain.mean()),

@@ -21,7 +21,8 @@ from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, run_stage
 
 STAGE = "quantize"
 RANGES = "mse"
-#: QuantizeOptions.box_rounding, in the cache key so models quantized before it recompute
+#: QuantizeOptions.box_rounding as this stage runs it; in the cache key too, so models
+#: quantized before it existed recompute
 BOX_ROUNDING = True
 
 
@@ -139,7 +140,8 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
                                    float_fallback=int(p.get("float_fallback") or 0)
                                    if fold == 1 else 0,
                                    channel_split=split_budget(p),
-                                   calibration_mirror=mirror_target(p))
+                                   calibration_mirror=mirror_target(p),
+                                   box_rounding=BOX_ROUNDING)
             paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
                                           artifact(rw, "meta"), out, opts, progress=log)
         else:
