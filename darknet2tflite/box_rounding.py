@@ -102,8 +102,12 @@ def feedback_round(kernel: "np.ndarray", hessian: "np.ndarray", damp: float = DA
 
 
 def box_convs(model: Any) -> list[Any]:
-    """The 1x1, ungrouped, linear convolutions that feed a model output named ``*_box``."""
+    """The 1x1, ungrouped, linear convolutions that feed a model output named ``*_box``,
+    directly or through an elementwise Darknet activation (logistic heads): their output,
+    the box logits, is what the rounding keeps close."""
     import keras
+
+    from .layers import DarknetActivation
     found = []
     for name in model.output_names:
         if not name.endswith(BOX_SUFFIX):
@@ -111,7 +115,7 @@ def box_convs(model: Any) -> list[Any]:
         layer = model.get_layer(name)
         history = getattr(layer.input, "_keras_history", None)
         conv = getattr(history, "operation", None)
-        while isinstance(conv, keras.layers.Identity):
+        while isinstance(conv, (keras.layers.Identity, DarknetActivation)):
             conv = getattr(getattr(conv.input, "_keras_history", None), "operation", None)
         if (isinstance(conv, keras.layers.Conv2D) and conv.kernel_size == (1, 1)
                 and conv.strides == (1, 1) and conv.groups == 1

@@ -540,3 +540,48 @@ def test_partial_residual_shortcuts_convert_full_integer(tmp_path, coco_images, 
     f_head, = run_model(out / "model.float32.tflite", x, meta)
     q_head, = run_model(out / "model.int8.tflite", x, meta)
     assert cosine(f_head, q_head) > 0.99, cosine(f_head, q_head)
+
+
+_LOGISTIC_HEAD = ("[convolutional]\nsize=1\nstride=1\npad=1\nfilters=21\nactivation=logistic\n\n"
+                  "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=2\nnum=3\n"
+                  "new_coords=1\nscale_x_y=2.0\n")
+
+
+def test_logistic_heads_are_split_and_box_rounded(tmp_path, coco_images, cache_env):
+    """Scaled-YOLOv4 / YOLOv7-style heads (logistic conv, new_coords=1) quantize the conv
+    output before the LOGISTIC op, so they are split like linear heads (one conv + logistic
+    per part, exact in float) and their box weights get error-feedback rounding."""
+    import keras
+    from darknet2tflite.builder import build_keras
+    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.evaluate import cosine, run_model
+    from darknet2tflite.quantize import check_integer, convert_int8, inspect_ops, load_keras
+    from darknet2tflite.weights import random_weights, read_weights, write_weights
+    cfg_path = tmp_path / "logistic.cfg"
+    cfg_path.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n"
+                        + "".join(_CONV.format(f, s) for f, s in ((8, 2), (16, 2), (16, 1)))
+                        + _LOGISTIC_HEAD)
+    cfg = parse_cfg(cfg_path)
+    w_path = tmp_path / "logistic.weights"
+    write_weights(w_path, cfg, random_weights(cfg, 5))
+    calib, photos = _photo_folder(tmp_path, coco_images)
+    out = tmp_path / "out"
+    report = convert_int8(cfg_path, w_path, out, calib, progress=None, latency_runs=2, draw=1)
+    meta = json.loads((out / "model.json").read_text())
+    (head,) = meta["heads"]
+    assert [n.rsplit("_", 1)[1] for n in head["outputs"]] == ["box", "rest"] * 3
+    assert len(report["conversion"]["box_rounding"]["layers"]) == 3
+    data = (out / "model.int8.tflite").read_bytes()
+    assert check_integer(data, "uint8")["full_integer"]
+    assert sum(op["op"] == "LOGISTIC" for op in inspect_ops(data)) == 6
+    # float: the split model's outputs concatenated are the unsplit head
+    x = np.stack([preprocess(load_rgb(p), 64, 64, False) for p in photos[:2]])
+    plain, _ = build_keras(cfg, read_weights(w_path, cfg))
+    split = load_keras(out / "model.keras")
+    assert isinstance(split, keras.Model)
+    got = dict(zip(split.output_names, split.predict(x, verbose=0)))
+    cat = np.concatenate([got[n] for n in head["outputs"]], axis=-1)
+    assert np.abs(cat - plain.predict(x, verbose=0)).max() <= 1e-6
+    f_head, = run_model(out / "model.float32.tflite", x[:1], meta)
+    q_head, = run_model(out / "model.int8.tflite", x[:1], meta)
+    assert cosine(f_head, q_head) > 0.99, cosine(f_head, q_head)

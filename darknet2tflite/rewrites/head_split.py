@@ -6,8 +6,8 @@ model one int8 scale covers the whole output tensor, so the box channels get a s
 ~0.25 and w/h (which go through exp()) lose most of their precision -- measured: the box
 channels alone account for nearly all of the AP lost by a plain int8 conversion.
 
-This rule rebuilds the head's final (linear) convolution as several convolutions over the
-same input, each producing one contiguous channel slice of the raw head, by default per
+This rule rebuilds the head's final (linear or logistic) convolution as several convolutions
+over the same input, each producing one contiguous channel slice of the raw head, by default per
 anchor ``[x, y, w, h] [obj, classes...]``. Every slice becomes its own model output (and so its
 own int8 scale); concatenating a head's outputs along channels, in order, gives exactly
 the contract's raw head (the convolutions compute the very same dot products per output
@@ -24,6 +24,7 @@ import keras
 
 from ..builder import BuildContext, conv_linear, head_output_name
 from ..cfg import Section
+from ..layers import DarknetActivation
 from . import Rule, register
 
 #: channel slices of ONE anchor's block, (start, end) with end None = up to the block end
@@ -50,15 +51,24 @@ _PART_NAMES = {(0, 2): "xy", (2, 4): "wh", (0, 4): "box", (4, None): "rest", (4,
                (5, None): "cls"}
 
 
+#: activations of a head's convolution under which the split stays exact: elementwise, so
+#: activation(concat(parts)) == concat(activation(part)), and lowered by the builder without
+#: an activation rewrite. ``logistic`` heads are Scaled-YOLOv4 / YOLOv7-style cfgs
+#: (new_coords=1); their conv output is quantized before the LOGISTIC op, so box and
+#: objectness/class logits would share one int8 scale there just as in linear heads.
+HEAD_ACTIVATIONS = frozenset({"linear", "logistic"})
+
+
 def feeding_conv(ctx: BuildContext, sec: Section) -> Section | None:
-    """The head's input layer when it is a linear, ungrouped [convolutional] (the case
-    for every Darknet YOLO/region head); otherwise None and the head is left unsplit."""
+    """The head's input layer when it is an ungrouped [convolutional] with a linear or
+    logistic activation (the case for every Darknet YOLO/region head); otherwise None and
+    the head is left unsplit."""
     inputs = sec.params.get("inputs") or []
     if len(inputs) != 1 or inputs[0] < 0:
         return None
     conv = ctx.cfg.layers[inputs[0]]
     p = conv.params
-    if conv.kind != "convolutional" or p.get("activation", "linear") != "linear":
+    if conv.kind != "convolutional" or p.get("activation", "linear") not in HEAD_ACTIVATIONS:
         return None
     if p.get("groups", 1) != 1 or p["inputs"][0] < 0:
         return None
@@ -103,9 +113,12 @@ def make_rule(layout: str = DEFAULT_LAYOUT, name: str = "head_split") -> Rule:
             return [keras.layers.Identity(name=head_output_name(sec))(ins[0])]
         x = ctx.tensors[conv.params["inputs"][0]]
         channels = conv.params["out_shape"][2]
+        act = conv.params.get("activation", "linear")
         outs = []
         for suffix, sl in part_slices(sec, channels, layout):
             y = conv_linear(ctx, conv, x, filters=sl, suffix=f"_{suffix}")
+            if act != "linear":
+                y = DarknetActivation(act, name=ctx.name(conv, f"{act}_{suffix}"))(y)
             outs.append(keras.layers.Identity(name=f"{head_output_name(sec)}_{suffix}")(y))
         return outs
 
