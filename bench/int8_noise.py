@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=None,
                    help="channel split budget (default: the product's)")
     p.add_argument("--mirror", type=int, default=None,
-                   help="mirrored completion target (default: the product's)")
+                   help="calibration sets below this get mirrored copies (default: the product's)")
     p.add_argument("--hist-images", type=int, default=None,
                    help="images for the MSE histograms (default: the product's)")
     p.add_argument("--calibration-limit", type=int, default=None,

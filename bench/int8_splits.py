@@ -10,8 +10,10 @@ by an int8 model calibrated without it, float32 on the same photos.
 
 Settings, every combination of ``--budgets``: the outlier channel split budget (extra MACs
 as a fraction of the model's, darknet2tflite/channel_split.py; 0 = off, 0.15 = the default),
-``--mirrors``: calibration sets smaller than this are completed with mirrored photos
-(darknet2tflite/augment.py; 0 = off, 256 = the default) and ``--ranges``: the activation
+``--mirrors``: calibration sets smaller than this also calibrate on a mirrored copy of each
+photo (darknet2tflite/augment.py; 0 = off, 50 = the default; every figure recorded here
+calibrates on 43-86 photos, where the earlier setting 256, which completed sets up to 256
+photos, also meant one copy of each) and ``--ranges``: the activation
 range methods (quantize.refine_ranges; default: the product's) and ``--box-rounding``:
 error-feedback rounding of the heads' box weights on and/or off (box_rounding.py; default
 on, the product's; rows without the field were converted before it existed, i.e. off).

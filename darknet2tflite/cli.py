@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .augment import MIRROR_TARGET
+from .augment import MIRROR_BELOW
 from .channel_split import MAC_BUDGET
 from .errors import UserError
 
@@ -150,10 +150,10 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
                         "(exact in float, finer int8 steps) while the extra multiply-"
                         "accumulates stay within BUDGET x the model's; 0 turns it off "
                         "(default: %(default)s)")
-    p.add_argument("--calibration-mirror", type=int, default=MIRROR_TARGET, metavar="N",
-                   help="complete calibration sets of fewer than N images with left-right "
-                        "mirrored copies (up to N in all) before int8 calibration; 0 turns "
-                        "it off (default: %(default)s)")
+    p.add_argument("--calibration-mirror", type=int, default=MIRROR_BELOW, metavar="N",
+                   help="calibration sets of fewer than N images also calibrate on a "
+                        "left-right mirrored copy of every image (int8); 0 turns it off "
+                        "(default: %(default)s)")
     p.add_argument("--variants", default="", help="comma list of float16,dynamic,int16x8")
     p.add_argument("--backend", choices=("direct", "onnx2tf", "both"), default="direct",
                    help="int8 conversion route: TFLiteConverter (direct), Keras -> ONNX -> "

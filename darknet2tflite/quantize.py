@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .augment import MIRROR_TARGET, mirrored_count
+from .augment import MIRROR_BELOW, mirrored_count
 from .channel_split import MAC_BUDGET
 from .errors import InputError, UserError
 from .options import RANGE_METHODS
@@ -78,8 +78,8 @@ class QuantizeOptions:
     debug_images: int = 16               # images for QuantizationDebugger layer stats
     #: extra MACs allowed for outlier channel splitting (channel_split.py); 0 turns it off
     channel_split: float = MAC_BUDGET
-    #: complete smaller calibration sets with mirrored photos up to this many (augment.py)
-    calibration_mirror: int = MIRROR_TARGET
+    #: calibration sets of fewer photos also calibrate on their mirrored copies (augment.py)
+    calibration_mirror: int = MIRROR_BELOW
     #: round the heads' box weights with error feedback (box_rounding.py)
     box_rounding: bool = True
 
@@ -573,8 +573,8 @@ def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
                     progress: Progress = print
                     ) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any], dict[str, Any],
                                dict[str, Any]]:
-    """Split outlier channels, round the box weights, calibrate (on ``images`` completed
-    with mirrored copies up to ``opts.calibration_mirror``), refine ranges, quantize and
+    """Split outlier channels, round the box weights, calibrate (on ``images`` and, for sets
+    below ``opts.calibration_mirror``, their mirrored copies), refine ranges, quantize and
     verify: (int8 model, refined calibrated model, range table, integer check, channel split
     report, box rounding report)."""
     from .augment import mirror_augment
@@ -847,7 +847,7 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
                  eval_fraction: float = 0.5, ranges: str = "mse", latency_runs: int = 20,
                  draw: int = 4, cross_validate: bool = True,
                  channel_split: float = MAC_BUDGET,
-                 calibration_mirror: int = MIRROR_TARGET) -> dict[str, Any]:
+                 calibration_mirror: int = MIRROR_BELOW) -> dict[str, Any]:
     """Darknet cfg+weights -> calibrated full-integer int8 TFLite, evaluated.
 
     Writes into ``out_dir`` (all or nothing: staged in a sibling temp folder and moved in

@@ -31,7 +31,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
-from darknet2tflite.augment import MIRROR_TARGET
+from darknet2tflite.augment import MIRROR_BELOW
 from darknet2tflite.channel_split import MAC_BUDGET
 from flows.convert import convert
 from flows.runners import make_task_runner
@@ -135,7 +135,7 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
           store: Optional[str] = None, names: Optional[str] = None,
           input_type: Literal["uint8", "int8"] = "uint8", calibration_limit: int = 500,
           float_fallback: int = 0, channel_split: float = MAC_BUDGET,
-          calibration_mirror: int = MIRROR_TARGET, variants: str = "",
+          calibration_mirror: int = MIRROR_BELOW, variants: str = "",
           backend: Literal["direct", "onnx2tf", "both"] = "direct",
           eval_annotations: Optional[str] = None, eval_images: Optional[str] = None,
           images: Optional[str] = None):

@@ -35,7 +35,7 @@ from prefect.artifacts import (acreate_markdown_artifact, acreate_table_artifact
                                create_markdown_artifact, create_table_artifact)
 from prefect.runtime import flow_run as runtime_flow_run
 
-from darknet2tflite.augment import MIRROR_TARGET
+from darknet2tflite.augment import MIRROR_BELOW
 from darknet2tflite.channel_split import MAC_BUDGET
 from darknet2tflite.errors import UserError
 from darknet2tflite.options import check as check_options, variant_list
@@ -81,7 +81,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
             eval_annotations: Optional[str] = None, eval_images: Optional[str] = None,
             names: Optional[str] = None, input_type: Literal["uint8", "int8"] = "uint8",
             calibration_limit: int = 500, float_fallback: int = 0,
-            channel_split: float = MAC_BUDGET, calibration_mirror: int = MIRROR_TARGET,
+            channel_split: float = MAC_BUDGET, calibration_mirror: int = MIRROR_BELOW,
             variants: str = "",
             backend: Literal["direct", "onnx2tf", "both"] = "direct",
             images: Optional[str] = None, store: Optional[str] = None,
@@ -106,8 +106,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
         float_fallback: keep up to N most quantization-sensitive layers in float.
         channel_split: extra MACs (fraction of the model's) allowed for splitting outlier
             channels of early layers before int8 calibration; 0 turns it off.
-        calibration_mirror: calibration sets of fewer images are completed with left-right
-            mirrored copies, up to this many, before int8 calibration; 0 turns it off.
+        calibration_mirror: calibration sets of fewer images than this also calibrate on a
+            left-right mirrored copy of every image (int8); 0 turns it off.
         variants: comma list of extra variants: float16, dynamic, int16x8.
         backend: int8 backend: direct (TFLiteConverter), onnx2tf, or both (keep the better).
         images: images for the float parity check and probe (default: data/samples).

@@ -56,9 +56,9 @@ def split_budget(p: Mapping[str, Any]) -> float:
 
 
 def mirror_target(p: Mapping[str, Any]) -> int:
-    from darknet2tflite.augment import MIRROR_TARGET
+    from darknet2tflite.augment import MIRROR_BELOW
     v = p.get("calibration_mirror")
-    return MIRROR_TARGET if v is None else int(v)
+    return MIRROR_BELOW if v is None else int(v)
 
 
 def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,

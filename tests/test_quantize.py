@@ -91,7 +91,7 @@ def _check_report(out: Path, report: dict) -> None:
     conv = doc["conversion"]
     assert conv["seconds"] > 0 and conv["memory"]["peak_mb"] > 0
     assert conv["calibration_images"] > 0
-    # 43 calibration photos (< 256): each one also calibrates mirrored
+    # 43 calibration photos (< augment.MIRROR_BELOW): each one also calibrates mirrored
     assert conv["mirrored_images"] == conv["calibration_images"]
     assert "mirrored copies added to calibration | 43" in (out / "report.md").read_text()
     # outlier channels of the first (208/416-pixel) layer are split, within the MAC budget,
