@@ -185,4 +185,4 @@ def describe(report: dict[str, Any]) -> str:
     feedback_mse = sum(v["output_mse_feedback"] for v in layers.values())
     return (f"{len(layers)} head convolution(s); box output error from int8 weights "
             f"{100 * feedback_mse / max(nearest_mse, 1e-30):.0f} % of nearest rounding "
-            f"({report.get('images', 0)} calibration images)")
+            f"on the {report.get('images', 0)} calibration images it was fitted to")
