@@ -32,5 +32,5 @@ def mirror_augment(images: Any, below: int = MIRROR_BELOW) -> Any:
     if mirrored_count(len(images), below) == 0:
         return images
     import numpy as np
-    head = np.asarray(images, dtype=np.float32)
-    return np.concatenate([head, head[:, :, ::-1, :]])
+    x = np.asarray(images, dtype=np.float32)
+    return np.concatenate([x, x[:, :, ::-1, :]])

@@ -40,11 +40,10 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
         options.update(calibration_limit=p.get("calibration_limit"))
     if mode == "int8":
         from darknet2tflite.box_rounding import SCARCITY  # the damping rule: small sets change
-        options.update(box_scarcity=SCARCITY)
         options.update(input_type=p.get("input_type") or "uint8",
                        float_fallback=int(p.get("float_fallback") or 0),
                        backend=p.get("backend") or "direct", ranges=RANGES,
-                       box_rounding=BOX_ROUNDING,
+                       box_rounding=BOX_ROUNDING, box_scarcity=SCARCITY,
                        channel_split=split_budget(p), calibration_mirror=mirror_target(p))
     return inputs, options
 
