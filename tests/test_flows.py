@@ -293,6 +293,10 @@ def test_evaluation_photos_among_calibration_photos_add_the_swapped_fold(
     assert {Path(x).name for x in plan2["exclude"]} == held2  # never calibrated on its photos
     assert plan1["calibration"]["images"] == len(photos) - len(held1)
     assert plan2["calibration"]["images"] == len(photos) - len(held2)
+    # the per-layer debugger table is the shipped model's; the swapped fold skips it
+    q1, q2 = (json.loads(entry_file(result, s, "quantize").read_text())
+              for s in ("quantize", "quantize[fold2]"))
+    assert q1["layer_errors"] and q2["layer_errors"] == []
     report = json.loads((Path(params["out"]) / "report.json").read_text())
     cross = report["evaluation"]["ap_cross"]
     assert (cross["folds"], cross["images"]) == (2, len(photos))
