@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python bench/run.py [--models yolov4-tiny,yolov3-tiny,yolov4] [--json OUT.json]
+                                  [--photos N]   # quick: N photos, no AP (the tests use it)
 
 For each model, every measurement runs in its own child process (this script re-executed as
 ``bench/run.py _child ...``), so no run inherits imports, caches or memory from another:
@@ -819,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orchestration-reps", type=int, default=1,
                     help="cached runs per mode and model in the ephemeral vs server "
                          "comparison (0: skip it)")
+    ap.add_argument("--photos", type=int, default=None, metavar="N",
+                    help="calibrate every model on the first N shared COCO photos only, "
+                         "without annotations (no AP, no swapped calibration fold): a quick "
+                         "run of the whole procedure, e.g. for the tests")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -837,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
         "settings": {"latency_runs": args.latency_runs, "latency_budget_s": args.latency_budget,
                      "isolate": args.isolate, "orchestration_reps": args.orchestration_reps,
+                     "photos": args.photos,
                      "ephemeral_prefect_home": str(REPO / ".prefect"),
                      "models": {n: {k: (list(v) if isinstance(v, tuple) else str(v)
                                         if isinstance(v, Path) else v)
@@ -848,7 +854,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in names:
             t0 = time.perf_counter()
             try:
-                doc["models"][n] = bench_model(n, MODELS[n], tmp, args)
+                conf = dict(MODELS[n], **({"calibration": args.photos} if args.photos
+                                           else {}))
+                doc["models"][n] = bench_model(n, conf, tmp, args)
             except Exception as e:  # noqa: BLE001 - recorded, the other models still run
                 log(f"{n}: FAILED {type(e).__name__}: {e}")
                 doc["models"][n] = {"error": f"{type(e).__name__}: {e}"}

@@ -26,7 +26,7 @@ def test_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--models", "yolov3-tiny",
-         "--isolate", "none", "--latency-runs", "3", "--json", str(out)],
+         "--isolate", "none", "--latency-runs", "3", "--photos", "6", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== Totals" in proc.stdout  # the printed table
@@ -35,6 +35,8 @@ def test_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     m = doc["models"]["yolov3-tiny"]
     for k in ("cold_s", "cached_s", "quantize_rerun_s"):
         assert isinstance(m[k], (int, float)) and m[k] > 0, k
+    # --photos 6: six photos in a folder of their own, nothing to score AP on
+    assert doc["settings"]["photos"] == 6 and m["settings"]["eval_annotations"] is None
     assert set(m["stages"]) == set(STAGES)
     for s, row in m["stages"].items():
         assert row["cold_s"] >= 0 and row["peak_rss_mb"] > 0, s
