@@ -854,8 +854,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in names:
             t0 = time.perf_counter()
             try:
-                conf = dict(MODELS[n], **({"calibration": args.photos} if args.photos
-                                           else {}))
+                conf = dict(MODELS[n])
+                if args.photos:
+                    conf["calibration"] = args.photos
                 doc["models"][n] = bench_model(n, conf, tmp, args)
             except Exception as e:  # noqa: BLE001 - recorded, the other models still run
                 log(f"{n}: FAILED {type(e).__name__}: {e}")

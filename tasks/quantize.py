@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -136,15 +137,15 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
             if fold != 1:
                 log(f"cross-calibration fold {fold}: int8 model calibrated without the "
                     f"{len(plan['eval'])} photos it will score")
-            # the fallback model and the per-layer debugger table (~8 s) are deliverables
-            # of the shipped fold only: nothing reads the swapped fold's
-            shipped_only = {} if fold == 1 else {"float_fallback": 0, "debug_images": 0}
-            opts = QuantizeOptions(**{"input_type": p.get("input_type") or "uint8",
-                                      "ranges": RANGES,
-                                      "float_fallback": int(p.get("float_fallback") or 0),
-                                      "channel_split": split_budget(p),
-                                      "calibration_mirror": mirror_target(p),
-                                      "box_rounding": BOX_ROUNDING, **shipped_only})
+            opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
+                                   float_fallback=int(p.get("float_fallback") or 0),
+                                   channel_split=split_budget(p),
+                                   calibration_mirror=mirror_target(p),
+                                   box_rounding=BOX_ROUNDING)
+            if fold != 1:
+                # the fallback model and the per-layer debugger table (~8 s) are deliverables
+                # of the shipped fold only: nothing reads the swapped fold's
+                opts = replace(opts, float_fallback=0, debug_images=0)
             paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
                                           artifact(rw, "meta"), out, opts, progress=log)
         else:
