@@ -41,7 +41,7 @@ from darknet2tflite.errors import UserError
 from darknet2tflite.options import check as check_options, variant_list
 from darknet2tflite.store import ArtifactStore
 from flows.runners import make_task_runner
-from tasks._common import STAGES, artifact, read_json, result_storage, store_root
+from tasks._common import STAGES, artifact, read_json, store_root
 from tasks.quantize import has_cross_fold
 
 
@@ -132,7 +132,6 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     logger = get_run_logger()
     model = name or Path(cfg).stem
     store_s = str(store_root(store))
-    rs = result_storage(store_s)
     # temp dirs of producers that were killed (SIGKILL, power cut) in this store; entries
     # being produced right now by live runs are flock-ed and left alone
     for stale in ArtifactStore(store_s).gc_tmp():
@@ -143,12 +142,11 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                     from_stage, ", ".join(STAGES[first:]))
 
     def stage(task: Any, stage_name: str) -> tuple[Any, dict[str, Any]]:
-        """The task with this run's result storage / refresh, and its store keywords."""
+        """The task and its store keywords (refresh from ``from_stage`` on)."""
         i = STAGES.index(stage_name)
         refresh = first is not None and i >= first
-        return (task.with_options(result_storage=rs, refresh_cache=True if refresh else None),
-                {"store": store_s, "refresh": refresh,
-                 "require_cached": first is not None and i < first})
+        return task, {"store": store_s, "refresh": refresh,
+                      "require_cached": first is not None and i < first}
 
     futures: dict[str, Any] = {}
     t, kw = stage(parse_task, "parse")

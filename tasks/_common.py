@@ -1,32 +1,22 @@
-"""What every stage task shares: store keys, the store-aware cache policy, the task body.
+"""What every stage task shares: store keys, the task body, the task options.
 
-Two caches, one truth.  The :class:`~darknet2tflite.store.ArtifactStore` holds the artifacts
-(content-addressed, verified on every lookup).  Prefect's result cache only holds each task's
-small return value: ``{"stage", "key", "artifacts": {name: path-string}}``, pointing into the
-store.  They are tied together so Prefect can never hand out paths the store cannot back:
+One cache, one truth: the :class:`~darknet2tflite.store.ArtifactStore` (content-addressed,
+every artifact re-hashed against its manifest on every lookup).  Prefect caches and persists
+nothing for these tasks (``cache_policy=NO_CACHE``, ``persist_result=False``): a result
+record on disk names its own serializer, and Prefect would unpickle one that names
+``pickle``, so whoever can write to a shared store could run code in every later conversion.
+The store holds only files whose bytes it verifies, and the task body decides:
 
-* :class:`StoreCachePolicy` computes the Prefect cache key from the *same* store key
-  (``<stage>-<stage_key(...)>``: content of the input files, options, PIPELINE_VERSION), and
-  before returning it verifies the store entry (every artifact re-hashed against its
-  manifest) and that Prefect's record, if any, names exactly that entry's files.  Otherwise
-  (entry missing or corrupt, or a record with stale paths after the store moved) it deletes
-  Prefect's record for that key, so the task body runs instead of Prefect's cache answering.
-  (Where the record cannot be deleted, i.e. non-local result storage, it returns no key at
-  all: no Prefect caching for that run.)
-* :func:`run_stage` (the task body) looks the entry up again and only on a miss runs the
-  library stage function through ``store.get_or_create`` (atomic publish under a lock).  When
-  the store already had the entry (published by another run, or Prefect's record was lost) it
-  returns ``Completed(name="Cached")``, so the UI says "Cached" exactly when no work was done:
-  either Prefect's own cache hit (its engine names that state "Cached") or ours.
-* ``refresh=True`` (``--from-stage``) discards the store entry and recomputes; the flow pairs it
-  with ``refresh_cache=True`` so Prefect's lookup is skipped and its record overwritten.
+* :func:`run_stage` looks the entry up and only on a miss runs the library stage function
+  through ``store.get_or_create`` (atomic publish under a lock).  When the store already had
+  the entry it returns ``Completed(name="Cached")``, so the UI says "Cached" exactly when no
+  work was done.
+* ``refresh=True`` (``--from-stage``) discards the store entry and recomputes.
 
-Task return values are strings and dicts only (never bytes), serialised as JSON into
-``<store>/prefect-results`` (see :func:`result_storage`), never ``~/.prefect``.
+Task return values are plain strings and dicts, handed between tasks in memory.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
@@ -40,8 +30,7 @@ from darknet2tflite.errors import UserError
 from darknet2tflite.store import ArtifactStore, stage_key
 
 from prefect import get_run_logger
-from prefect.cache_policies import CachePolicy
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.states import Completed, State
 
@@ -50,29 +39,14 @@ STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO_ROOT / ".store"
-RESULTS_DIRNAME = "prefect-results"
 
 #: (stage, key) of every stage body that actually ran its producer in this process; a
 #: diagnostic for tests and the CLI ("nothing was recomputed"), Prefect-independent.
 PRODUCED: list[tuple[str, str]] = []
 _produced_lock = threading.Lock()
 
-KeyParts = Callable[[Mapping[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
-
-
 def store_root(store: str | os.PathLike[str] | None) -> Path:
     return Path(store).expanduser().resolve() if store else DEFAULT_STORE
-
-
-def result_storage(store: str | os.PathLike[str] | None) -> Path:
-    """Where Prefect persists task results for this store (a Path = LocalFileSystem)."""
-    p = store_root(store) / RESULTS_DIRNAME
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-def prefect_key(stage: str, key: str) -> str:
-    return f"{stage}-{key}"
 
 
 def log(msg: str) -> None:
@@ -87,59 +61,6 @@ def artifact(payload: Mapping[str, Any] | None, name: str) -> str | None:
     if not payload:
         return None
     return payload.get("artifacts", {}).get(name)
-
-
-@dataclasses.dataclass
-class StoreCachePolicy(CachePolicy):
-    """Prefect cache key = the artifact store key, valid only while the store entry is.
-
-    ``key_parts(task parameters) -> (inputs, options)`` is the stage's own key recipe, the same
-    one the task body uses, so the two keys cannot drift apart.
-    """
-
-    stage: str = ""
-    key_parts: KeyParts | None = None
-
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
-                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        assert self.key_parts is not None
-        key = stage_key(self.stage, *self.key_parts(inputs))
-        pkey = prefect_key(self.stage, key)
-        arts = ArtifactStore(store_root(inputs.get("store"))).lookup(self.stage, key)
-        # Prefect may answer from its cache only with exactly what the store holds now: not
-        # when the entry is missing or corrupt (lookup deleted it), nor with a record whose
-        # paths went stale (store moved, or mounted elsewhere on another worker host).
-        if arts is None or _record_artifacts(task_ctx, pkey) not in (
-                None, {k: str(v) for k, v in arts.items()}):
-            if not _drop_record(task_ctx, pkey):
-                return None
-        return pkey
-
-
-def _record_artifacts(task_ctx: TaskRunContext, pkey: str) -> Any:
-    """The artifacts dict of Prefect's persisted result for ``pkey``; None if there is no
-    record, a sentinel string if there is one we cannot read (then it must go too)."""
-    rs = task_ctx.result_store
-    if not rs.exists(pkey):
-        return None
-    try:
-        return rs.read(pkey).result.get("artifacts")
-    except Exception:  # noqa: BLE001 - an unreadable record is as good as a stale one
-        return "<unreadable>"
-
-
-def _drop_record(task_ctx: TaskRunContext, pkey: str) -> bool:
-    """Delete Prefect's persisted result for ``pkey``; False if we cannot (remote storage)."""
-    rs = task_ctx.result_store
-    storage = rs.metadata_storage if rs.metadata_storage is not None else rs.result_storage
-    basepath = getattr(storage, "basepath", None)
-    if storage is None or type(storage).__name__ != "LocalFileSystem" or not basepath:
-        return False
-    try:
-        (Path(basepath).expanduser() / pkey).unlink()
-    except FileNotFoundError:
-        pass
-    return True
 
 
 def run_stage(stage: str, store: str | None, key_inputs: dict[str, Any],
@@ -178,7 +99,6 @@ def read_json(path: str | os.PathLike[str] | None) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-# Options every stage task is declared with; the per-run bits (result storage under the store
-# and refresh_cache) are set by the flow with ``Task.with_options``.
-TASK_OPTIONS: dict[str, Any] = dict(persist_result=True, result_serializer="json",
-                                    cache_result_in_memory=False)
+# Options every stage task is declared with: no Prefect cache and no persisted result (the
+# store is the only cache; see the module docstring).
+TASK_OPTIONS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)

@@ -5,7 +5,7 @@ from typing import Any, Mapping
 
 from prefect import task
 
-from ._common import TASK_OPTIONS, StoreCachePolicy, log, run_stage
+from ._common import TASK_OPTIONS, log, run_stage
 
 STAGE = "build"
 
@@ -14,8 +14,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
     return {"cfg": p["cfg"], "weights": p["weights"], "names": p.get("names")}, {}
 
 
-@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
-      **TASK_OPTIONS)
+@task(name=STAGE, **TASK_OPTIONS)
 def build(cfg: str, weights: str, names: str | None = None, store: str | None = None,
           refresh: bool = False, require_cached: bool = False):
     from darknet2tflite.pipeline import build_stage

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from prefect import task
 
-from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, read_json, run_stage
+from ._common import TASK_OPTIONS, artifact, log, read_json, run_stage
 
 STAGE = "evaluate"
 LATENCY_RUNS = 20
@@ -101,8 +101,7 @@ def evaluation_rows(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
-@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
-      **TASK_OPTIONS)
+@task(name=STAGE, **TASK_OPTIONS)
 def evaluate(cfg: str, quantize: dict, rewrite: dict, variants: dict | None = None,
              cross: dict | None = None,
              calibration: str | None = None, eval_images: str | None = None,

@@ -5,7 +5,7 @@ from typing import Any, Mapping
 
 from prefect import task
 
-from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, run_stage
+from ._common import TASK_OPTIONS, artifact, log, run_stage
 
 STAGE = "parity"
 
@@ -23,8 +23,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
             {"tolerance": p.get("tolerance")})
 
 
-@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
-      **TASK_OPTIONS)
+@task(name=STAGE, **TASK_OPTIONS)
 def parity(cfg: str, weights: str, build: dict, images: str | None = None,
            tolerance: float | None = None, store: str | None = None, refresh: bool = False,
            require_cached: bool = False):

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from prefect import task
 
-from ._common import TASK_OPTIONS, StoreCachePolicy, log, run_stage
+from ._common import TASK_OPTIONS, log, run_stage
 
 STAGE = "probe"
 
@@ -51,8 +51,7 @@ def probe_stage(cfg: str, weights: str, out_dir: Path, target: str = "int8",
     return {"probe": out / "probe.json", "probe_md": out / "probe.md"}
 
 
-@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
-      **TASK_OPTIONS)
+@task(name=STAGE, **TASK_OPTIONS)
 def probe(cfg: str, weights: str, target: str = "int8", images: str | None = None,
           allow: list[str] | None = None, store: str | None = None, refresh: bool = False,
           require_cached: bool = False):

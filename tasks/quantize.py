@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 
 from prefect import task
 
-from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, run_stage
+from ._common import TASK_OPTIONS, artifact, log, run_stage
 
 STAGE = "quantize"
 RANGES = "mse"
@@ -182,8 +182,7 @@ def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     return {f"tflite_{mode}": path}
 
 
-@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
-      task_run_name="quantize-{mode}", **TASK_OPTIONS)
+@task(name=STAGE, task_run_name="quantize-{mode}", **TASK_OPTIONS)
 def quantize(cfg: str, rewrite: dict, calibration: str, mode: str = "int8",
              calibration_limit: int | None = 500, input_type: str = "uint8",
              float_fallback: int = 0, channel_split: float | None = None,

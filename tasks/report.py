@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, read_json, run_stage
+from ._common import TASK_OPTIONS, artifact, log, read_json, run_stage
 
 STAGE = "report"
 
@@ -110,8 +109,7 @@ def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     return arts
 
 
-@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
-      **TASK_OPTIONS)
+@task(name=STAGE, **TASK_OPTIONS)
 def report(model: str, parse: dict, parity: dict, probe: dict, rewrite: dict, evaluate: dict,
            store: str | None = None, refresh: bool = False, require_cached: bool = False):
     p = locals()
@@ -145,7 +143,7 @@ def deliverable_files(rewrite: Mapping[str, Any], quantize: Mapping[str, Any],
     return {k: v for k, v in files.items() if v}
 
 
-@task(name="deliver", cache_policy=NO_CACHE, persist_result=False)
+@task(name="deliver", **TASK_OPTIONS)
 def deliver(out: str, rewrite: dict, quantize: dict, variants: dict, report: dict) -> list[str]:
     """Copy the deliverables from the store into ``out``: staged in a sibling temp folder
     and moved in only when complete (never cached: the store entries are, the copy is the

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from prefect import task
 
-from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, read_json, run_stage
+from ._common import TASK_OPTIONS, artifact, log, read_json, run_stage
 
 STAGE = "rewrite"
 DEVIATION_IMAGES = 4
@@ -60,8 +60,7 @@ def rewrite_stage(cfg: str, weights: str, names: str | None, probe_json: str,
     return {**arts, "rewrites": out / "rewrites.json"}
 
 
-@task(name=STAGE, cache_policy=StoreCachePolicy(stage=STAGE, key_parts=key_parts),
-      **TASK_OPTIONS)
+@task(name=STAGE, **TASK_OPTIONS)
 def rewrite(cfg: str, weights: str, probe: dict, names: str | None = None,
             images: str | None = None, store: str | None = None, refresh: bool = False, require_cached: bool = False):
     p = locals()

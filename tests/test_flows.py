@@ -120,9 +120,8 @@ def test_first_conversion_runs_every_stage_and_delivers(first_run, base_params, 
     # every artifact path handed between tasks is a string inside the store
     for s in first_run["stages"].values():
         assert all(isinstance(p, str) and p.startswith(str(store)) for p in s["artifacts"].values())
-    # Prefect results live in the store, one small JSON record per stage key
-    records = {p.name for p in (store / "prefect-results").iterdir()}
-    assert {f"{k.split('[')[0]}-{s['key']}" for k, s in first_run["stages"].items()} <= records
+    # Prefect persists nothing: the store holds only verified stage entries
+    assert not (store / "prefect-results").exists()
 
 
 @pytest.mark.slow
@@ -141,16 +140,52 @@ def test_identical_rerun_is_all_cached_and_computes_nothing(first_run, base_para
         {k: s["key"] for k, s in first_run["stages"].items()}
 
 
+class _PlantedCode:
+    """Unpickling this touches ``marker``: proof that a record's code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _plant_pickle_records(folder: Path, names: list[str], marker: Path) -> None:
+    """Prefect result records, as Prefect itself writes them, whose serializer is pickle."""
+    from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import PickleSerializer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        record = ResultRecord(result=_PlantedCode(marker), metadata=ResultRecordMetadata(
+            storage_key=str(folder / name), serializer=PickleSerializer()))
+        (folder / name).write_bytes(record.serialize())
+
+
 @pytest.mark.slow
-def test_lost_prefect_record_is_answered_from_the_store(first_run, base_params, store):
-    key = first_run["stages"]["build"]["key"]
-    (store / "prefect-results" / f"build-{key}").unlink()
+def test_planted_code_bearing_records_are_never_executed(first_run, base_params, store,
+                                                          tmp_path):
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    marker = tmp_path / "planted-code-ran"
+    # a record under every name a cache lookup could try, in the store and in Prefect's
+    # own local result storage
+    names = [f"{k.split('[')[0]}-{s['key']}" for k, s in first_run["stages"].items()]
+    names += [s["key"] for s in first_run["stages"].values()]
+    _plant_pickle_records(store / "prefect-results", names, marker)
+    _plant_pickle_records(Path(PREFECT_LOCAL_STORAGE_PATH.value()), names, marker)
+    from prefect.serializers import PickleSerializer  # the planted payload really is live
+    PickleSerializer().loads(PickleSerializer().dumps(_PlantedCode(marker)))
+    assert marker.exists()
+    marker.unlink()
+
     n = len(produced())
     state = run_convert(base_params)
-    result = state.result()
-    assert set(states(result).values()) == {"Cached"}  # build: Cached by the task body
+    assert state.is_completed(), state.message
+    assert set(states(state.result()).values()) == {"Cached"}  # answered by the store
     assert len(produced()) == n
-    assert (store / "prefect-results" / f"build-{key}").is_file()  # record rewritten
+    assert not marker.exists()
+    shutil.rmtree(store / "prefect-results")
 
 
 @pytest.mark.slow
