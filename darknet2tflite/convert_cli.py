@@ -127,8 +127,10 @@ def import_flow() -> Any:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from . import console
     params = parameters_from_args(args)
-    if getattr(args, "quiet", False):
+    quiet = getattr(args, "quiet", False)
+    if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows import _settings  # Prefect environment defaults, before prefect is imported
     from flows import _embedded
@@ -140,8 +142,9 @@ def run_convert(args: argparse.Namespace) -> int:
     convert = import_flow()
     _embedded.wait_ready()
     _quiet_user_error_tracebacks()
-    if not getattr(args, "quiet", False):
-        print(f"darknet2tflite: running flow 'convert' on {_settings.describe()}", flush=True)
+    console.record_logger("prefect")
+    if not quiet:
+        console.echo(f"darknet2tflite: running flow 'convert' on {_settings.describe()}")
     with _embedded.flow_settings():
         state = convert(**params, return_state=True)
     if not state.is_completed():
@@ -149,9 +152,13 @@ def run_convert(args: argparse.Namespace) -> int:
         state.result(raise_on_failure=True)
         raise RuntimeError(f"flow run ended in state {state.name}: {state.message}")
     result = state.result()
-    for name, st in result["stages"].items():
-        print(f"  {name:18s} {st['state']}")
+    if not quiet:
+        for name, st in result["stages"].items():
+            console.echo(f"  {name:18s} {st['state']}")
     out = Path(result["out"])
-    print(f"wrote {out}: {', '.join(result['deliverables'])}")
-    print(f"report: {out / 'report.md'}")
+    console.echo(f"wrote {out}: {', '.join(result['deliverables'])}")
+    console.echo(f"report: {out / 'report.md'}")
+    log = console.current_log()
+    if log is not None and not quiet:
+        console.echo(f"log: {log}")
     return 0

@@ -268,8 +268,12 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
         warnings.append(f"{len(skipped)} evaluation image(s) unreadable, skipped")
     progress(f"evaluate: {len(paths)} held-out images, models {', '.join(models)}")
     heads = {}
+    t0 = time.perf_counter()
     for k, p in models.items():
         heads[k] = run_model(p, batch, meta)
+    progress(f"evaluate: {len(paths)}/{len(paths)} images x {len(models)} models "
+             f"({len(paths) * len(models) / max(time.perf_counter() - t0, 1e-9):.1f} "
+             "images/s)")
     report: dict[str, Any] = {
         "images": [p.name for p in paths], "warnings": warnings,
         "conf_thresh_ap": AP_CONF_THRESH, "nms_thresh": NMS_THRESH,
@@ -277,6 +281,9 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
                   if k != "float32"},
         "sizes": {k: os.path.getsize(p) for k, p in models.items()},
     }
+    from .agreement import float_agreement
+    report["float_agreement"] = float_agreement(detect(heads["float32"], meta, sizes),
+                                                detect(heads["int8"], meta, sizes), sizes)
     if eval_annotations is not None:
         progress("evaluate: COCO AP (decode + NMS per model)")
         ap = {k: _ap(meta, detect(v, meta, sizes), paths, eval_annotations)
@@ -366,7 +373,13 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     from .atomic import atomic_write_bytes
     out = Path(out_dir)
     write_json(out / "report.json", report)
-    L: list[str] = [f"# int8 conversion report: {report.get('model', '')}", ""]
+    from .agreement import verdict_line
+    fa = report.get("float_agreement")
+    L: list[str] = []
+    if fa:  # the verdict first: what a reader wants to know before any table
+        L += [verdict_line(fa), ""] + [f"> warning: {w}" for w in fa.get("warnings", [])]
+        L += [""] if fa.get("warnings") else []
+    L += [f"# int8 conversion report: {report.get('model', '')}", ""]
     conv = report.get("conversion") or {}
     if conv:
         L += ["## Conversion", "", "| item | value |", "|---|---|"]
@@ -419,7 +432,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         for k, v in ev["ap"].items():
             L.append(f"| {k} | {_fmt(v['AP'])} | {_fmt(v['AP50'])} | {_fmt(v['dAP'])} | "
                      f"{_fmt(v['dAP50'])} | {_by_size(v)} | {v['detections']} |")
-        L.append("")
+        L += ["", NOISE_NOTE, ""]
     cr = ev.get("ap_cross")
     if cr:
         L += [f"Cross-calibrated ({cr['folds']} folds, every one of {cr['images']} images scored "
@@ -468,15 +481,6 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
             L.append(f"| {_fmt(r['layer'])} | {r['op']} | `{r['tensor'][-60:]}` | "
                      f"{_fmt(r['rmse_over_scale'], 3)} | {_fmt(r['range'], 3)} |")
         L.append("")
-    tg = report.get("targets")
-    if tg:
-        L += ["## Targets", "", "| target | value | limit | met |", "|---|---|---|---|"]
-        for t in tg:
-            L.append(f"| {t['name']} | {_fmt(t['value'])} | {t['limit']} | "
-                     f"{'yes' if t['met'] else 'NO'} |")
-        L.append("")
-        if ev.get("ap"):
-            L += [NOISE_NOTE, ""]
     if ev.get("drawn"):
         L += ["## Detections: float32 (left) vs int8 (right)", "",
               f"conf {DRAW_CONF_THRESH}, NMS {NMS_THRESH}.", ""]

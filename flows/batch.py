@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import flows._settings  # noqa: F401  (Prefect env defaults before `import prefect`)
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -125,6 +126,31 @@ def _resolve(d: dict[str, Any], base: Path) -> dict[str, Any]:
             for k, v in d.items()}
 
 
+class BatchFailure(Exception, Mapping):
+    """The data of a Failed batch run: the summary, as an exception.
+
+    Prefect turns a Failed state's data into the exception it raises; a plain dict there made
+    its engine log "TypeError: Unexpected result for failed state ... dict cannot be resolved
+    into an exception" with a traceback.  This is an exception *and* reads like the summary
+    dict (``state.result(raise_on_failure=False)["models"]``)."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __getitem__(self, key: str) -> Any:
+        return self.summary[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.summary)
+
+    def __len__(self) -> int:
+        return len(self.summary)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchFailure, (str(self), self.summary))
+
+
 def _one_line(exc: Any) -> str:
     text = str(exc) if isinstance(exc, BaseException) else repr(exc)
     return " ".join(text.split())[:300]
@@ -141,6 +167,8 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
           images: Optional[str] = None):
     """Convert every model of ``source`` (folder of cfg+weights pairs, or YAML manifest)
     into ``out/<name>/``, each as a ``convert`` subflow sharing one artifact store."""
+    from darknet2tflite.convert_cli import _quiet_user_error_tracebacks
+    _quiet_user_error_tracebacks()  # a failing model: one line in the summary, no traceback
     logger = get_run_logger()
     defaults = {k: v for k, v in dict(
         calibration=calibration, names=names, input_type=input_type,
@@ -185,7 +213,7 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
     summary = {"source": str(source), "out": str(out), "completed": n_ok,
                "failed": len(rows) - n_ok, "models": rows}
     if n_ok < len(rows):
-        return Failed(message=f"{len(rows) - n_ok}/{len(rows)} model(s) failed: "
-                      + ", ".join(r["model"] for r in rows if r["state"] != "Completed"),
-                      data=summary)
+        message = (f"{len(rows) - n_ok}/{len(rows)} model(s) failed: "
+                   + ", ".join(r["model"] for r in rows if r["state"] != "Completed"))
+        return Failed(message=message, data=BatchFailure(message, summary))
     return Completed(message=f"{n_ok} model(s) converted", data=summary)

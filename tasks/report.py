@@ -104,8 +104,9 @@ def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     arts.update(write_report(report, out))
     md = Path(arts["report_md"])
     text = md.read_text(encoding="utf-8")
-    head, _, rest = text.partition("\n\n")
-    md.write_text(head + "\n\n" + _pipeline_markdown(summary) + "\n" + rest, encoding="utf-8")
+    cut = text.find("\n## ") + 1 or len(text)  # the pipeline facts before the first section
+    md.write_text(text[:cut] + _pipeline_markdown(summary) + "\n" + text[cut:],
+                  encoding="utf-8")
     log(f"report: {len(text.splitlines())} lines, {len(arts) - 2} images")
     return arts
 
