@@ -304,8 +304,10 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
 
     report_md = artifact(stages["report"], "report_md")
     if report_md:
+        from darknet2tflite.ui_markdown import inline_images
         markdown_artifact(key=f"{key}-report",
-                                 markdown=Path(report_md).read_text(encoding="utf-8"),
+                                 markdown=inline_images(Path(report_md).read_text(
+                                     encoding="utf-8"), Path(report_md).parent),
                                  description=f"{model}: report (copied to {out}/report.md)")
     _publish(pending)
 

@@ -101,7 +101,9 @@ def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, out / rel)
             arts[name] = out / rel
-    arts.update(write_report(report, out))
+    probe = read_json(artifact(p["probe"], "probe")) or {}
+    layer_types = {r["index"]: r["section"] for r in (probe.get("before") or {}).get("rows", [])}
+    arts.update(write_report(report, out, layer_types))
     md = Path(arts["report_md"])
     text = md.read_text(encoding="utf-8")
     cut = text.find("\n## ") + 1 or len(text)  # the pipeline facts before the first section
