@@ -34,6 +34,7 @@ from prefect.states import Completed, Failed
 
 from darknet2tflite.augment import MIRROR_BELOW
 from darknet2tflite.channel_split import MAC_BUDGET
+from darknet2tflite.errors import UserError
 from flows.convert import convert
 from flows.runners import make_task_runner
 
@@ -126,13 +127,17 @@ def _resolve(d: dict[str, Any], base: Path) -> dict[str, Any]:
             for k, v in d.items()}
 
 
-class BatchFailure(Exception, Mapping):
+class BatchFailure(UserError, Mapping):
     """The data of a Failed batch run: the summary, as an exception.
 
     Prefect turns a Failed state's data into the exception it raises; a plain dict there made
     its engine log "TypeError: Unexpected result for failed state ... dict cannot be resolved
     into an exception" with a traceback.  This is an exception *and* reads like the summary
-    dict (``state.result(raise_on_failure=False)["models"]``)."""
+    dict (``state.result(raise_on_failure=False)["models"]``).  A UserError: its message is
+    the whole story (which models failed; each one's error is in the summary), so the
+    console filter drops the traceback a served run's engine logs when it re-raises it."""
+
+    exit_code = 1
 
     def __init__(self, message: str, summary: dict[str, Any]) -> None:
         super().__init__(message)

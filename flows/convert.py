@@ -128,6 +128,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     from tasks.report import report as report_task
     from tasks.rewrite import rewrite as rewrite_task
 
+    from darknet2tflite.convert_cli import _quiet_user_error_tracebacks
+    _quiet_user_error_tracebacks()  # served runs too: a bad input is its one-line message
     _check_inputs(params)
     logger = get_run_logger()
     model = name or Path(cfg).stem
