@@ -36,11 +36,11 @@ _state: dict[str, object] = {}
 
 
 def log_path(store_root: str | os.PathLike[str], command: str, label: str) -> Path:
-    """``<store>/logs/<command>-<label>-<UTC time>-<pid>.log``: one file per run, next to
+    """``<store>/.logs/<command>-<label>-<UTC time>-<pid>.log``: one file per run, next to
     the artifacts it explains, never inside ``--out`` (that folder is swapped in whole)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:80] or "run"
-    return Path(store_root) / "logs" / f"{command}-{safe}-{stamp}-{os.getpid()}.log"
+    return Path(store_root) / ".logs" / f"{command}-{safe}-{stamp}-{os.getpid()}.log"
 
 
 def divert(path: str | os.PathLike[str]) -> Path:

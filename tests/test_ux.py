@@ -55,7 +55,7 @@ def test_cold_convert_console_has_no_library_chatter(ux):
     assert re.search(r"evaluate: 2/2 images x 2 models \([\d.]+ images/s\)", cold.stderr)
     # diverted, not lost: the converter's lines are in the run's log file
     log = Path(re.search(r"^log: (.+)$", cold.stdout, re.M).group(1))
-    assert log.parent == ux["store"] / "logs"
+    assert log.parent == ux["store"] / ".logs"  # a dot folder: not a stage
     assert "fully_quantize" in log.read_text()
 
 
