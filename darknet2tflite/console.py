@@ -45,7 +45,11 @@ def log_path(store_root: str | os.PathLike[str], command: str, label: str) -> Pa
 
 def divert(path: str | os.PathLike[str]) -> Path:
     """Send descriptors 1 and 2, ``sys.stdout``, warnings and library loggers to ``path``;
-    keep ``sys.stderr`` and :func:`echo` on the terminal.  Idempotent per process."""
+    keep ``sys.stderr`` and :func:`echo` on the terminal.  Idempotent per process.
+
+    Logging handlers already writing to the old ``sys.stdout``/``sys.stderr`` (Prefect's
+    console handler, when Prefect was imported first: a served run's process) are moved to
+    the terminal streams, so their lines stay where they were."""
     if "log" in _state:
         return Path(str(_state["path"]))
     p = Path(path)
@@ -59,10 +63,13 @@ def divert(path: str | os.PathLike[str]) -> Path:
     log = open(p, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
     term_out = _reopen(1, sys.stdout)
     term_err = _reopen(2, sys.stderr)
+    old = {id(sys.stdout): term_out, id(sys.stderr): term_err,
+           id(sys.__stdout__): term_out, id(sys.__stderr__): term_err}
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     sys.stdout = log
     sys.stderr = term_err
+    _rebind_handlers(old)
     _state.update(log=log, path=str(p), out=term_out, err=term_err, created=created)
 
     handler = logging.StreamHandler(log)
@@ -76,6 +83,22 @@ def divert(path: str | os.PathLike[str]) -> Path:
     _state["handler"] = handler
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return p
+
+
+def _rebind_handlers(streams: dict[int, TextIO]) -> None:
+    """Point every logging StreamHandler (and the rich console inside Prefect's) that writes
+    to one of the replaced streams at its terminal replacement."""
+    loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in lg.handlers:
+            new = streams.get(id(getattr(h, "stream", None)))
+            if new is None or not isinstance(h, logging.StreamHandler):
+                continue
+            h.setStream(new)
+            rich_console = getattr(h, "console", None)
+            if rich_console is not None and hasattr(rich_console, "file"):
+                rich_console.file = new
 
 
 def _reopen(fd: int, current: TextIO) -> TextIO:

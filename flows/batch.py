@@ -181,6 +181,9 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
         channel_split=channel_split, calibration_mirror=calibration_mirror, variants=variants,
         backend=backend, eval_annotations=eval_annotations, eval_images=eval_images,
         images=images).items() if v is not None}
+    from flows._served import divert_served_run
+    from tasks._common import store_root
+    divert_served_run(str(store_root(store)), "batch", Path(source).stem)
     models = discover_models(source, defaults)
     logger.info("batch of %d model(s) from %s", len(models), source)
 

@@ -134,6 +134,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     logger = get_run_logger()
     model = name or Path(cfg).stem
     store_s = str(store_root(store))
+    from flows._served import divert_served_run
+    divert_served_run(store_s, "convert", model)
     rs = result_storage(store_s)
     # temp dirs of producers that were killed (SIGKILL, power cut) in this store; entries
     # being produced right now by live runs are flock-ed and left alone

@@ -151,3 +151,68 @@ def test_batch_and_serve_refuse_a_missing_source(tmp_path):
         assert r.returncode == 2 and "no such folder or manifest" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_report_pictures_for_the_ui(ux):
+    """The per-layer chart is written and linked; the UI artifact's markdown carries every
+    picture inline (a relative link shows as alt text there), decodable as an image."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from darknet2tflite.ui_markdown import IMAGE_LINK, inline_images
+
+    out = ux["out"]
+    md = (out / "report.md").read_text()
+    assert "![int8 error per Darknet layer](report_images/layer_error.png)" in md
+    chart = cv2.imread(str(out / "report_images" / "layer_error.png"))
+    assert chart is not None and chart.shape[1] >= 600
+    ui = inline_images(md, out)
+    links = IMAGE_LINK.findall(ui)
+    assert len(links) == 3 and all(t.startswith("data:image/") for _, t in links)
+    for _, target in links:
+        raw = base64.b64decode(target.split(",", 1)[1])
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[1] <= 1100
+    assert len(ui) < 1_000_000
+    # side-by-side pictures open with a white caption strip over each half
+    pair = cv2.imread(str(out / (json.loads((out / "report.json").read_text())
+                                 ["evaluation"]["drawn"][0])))
+    assert (pair[:5] == 255).all()
+
+
+def test_labels_of_overlapping_boxes_do_not_overlap():
+    import cv2
+    import numpy as np
+
+    from darknet2tflite.decode import Detections
+    from darknet2tflite.draw import _place_label
+
+    dets = Detections(boxes=[[100, 100, 300, 300]] * 3 + [[110, 105, 280, 290]],
+                      scores=[0.9, 0.8, 0.7, 0.6], classes=[0, 1, 2, 3])
+    placed: list = []
+    spots = [_place_label(dets, k, ["person", "dog", "horse", "sheep"], 640, 480, 2,
+                          cv2.FONT_HERSHEY_SIMPLEX, 0.7, placed) for k in range(4)]
+    assert len(set(spots)) == 4
+    for i, a in enumerate(placed):
+        for b in placed[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_help_and_missing_weights_say_where_things_are(tmp_path):
+    env = clean_env(tmp_path / "ph")
+    fetch = _cli("weights", "fetch", "--help", env=env, timeout=60)
+    assert "yolov4-tiny" in fetch.stdout and "yolov3-tiny" in fetch.stdout
+    conv = _cli("convert", "--help", env=env, timeout=60)
+    assert "parse, build, parity, probe, rewrite, quantize, evaluate, report" in \
+        " ".join(conv.stdout.split())
+    for stem, hint in (("yolov3-tiny", "darknet2tflite weights fetch yolov3-tiny"),
+                       ("yolov3", "darknet2tflite weights fetch NAME")):
+        r = _cli("convert", REPO / "cfg" / "yolov3.cfg", tmp_path / f"{stem}.weights",
+                 "--out", tmp_path / "o", "--calibration", REPO / "data" / "samples",
+                 "--store", tmp_path / "store", env=env, timeout=60)
+        assert r.returncode == 2 and hint in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "store").exists() and not (tmp_path / "o").exists()
