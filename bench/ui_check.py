@@ -4,9 +4,10 @@ browser.
 Starts ``prefect server start`` (temporary PREFECT_HOME, a free loopback port), runs
 ``darknet2tflite convert`` against it (``--from-stage evaluate`` with an existing ``--store``
 is enough: the report is published by every run), opens the report artifact's page in
-headless Chromium, saves a screenshot and the rendered DOM, and checks that the pictures
-arrived as inline images and were decoded by the browser (not alt text), that no table is
-wider than its pane, and that the first line is the float-vs-int8 verdict.
+headless Chromium, saves a screenshot of it (and of the run's table artifacts) and the
+rendered DOM, and checks that the rendered page holds the pictures as inline ``data:`` images
+and the float-vs-int8 verdict.  Whether the pictures decode, the tables fit their pane and the
+labels are legible is for a person looking at the screenshots.
 
     .venv/bin/python bench/ui_check.py --store /tmp/store --out /tmp/ui  # after one convert
     # -> /tmp/ui/report.png (look at it), /tmp/ui/report.html, exit 1 if a check fails
