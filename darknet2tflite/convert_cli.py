@@ -139,6 +139,19 @@ def import_flow() -> Any:
     return convert
 
 
+def _echo_verdict(report_json: Path) -> None:
+    """The report's first line, on the terminal (the result a user reads first)."""
+    import json
+    from . import console
+    from .agreement import verdict_line
+    try:
+        fa = json.loads(report_json.read_text(encoding="utf-8")).get("float_agreement")
+    except (OSError, ValueError):
+        return
+    if fa:
+        console.echo(verdict_line(fa).replace("**", ""))
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from . import console
     params = parameters_from_args(args)
@@ -171,6 +184,8 @@ def run_convert(args: argparse.Namespace) -> int:
     out = Path(result["out"])
     console.echo(f"wrote {out}: {', '.join(result['deliverables'])}")
     console.echo(f"report: {out / 'report.md'}")
+    if not quiet:
+        _echo_verdict(out / "report.json")
     log = console.current_log()
     if log is not None and not quiet:
         console.echo(f"log: {log}")

@@ -50,6 +50,7 @@ def test_cold_convert_console_has_no_library_chatter(ux):
     text = cold.stdout + cold.stderr
     assert not NOISE.search(text), NOISE.search(text).group(0)
     assert "quantize" in cold.stdout and "report: " in cold.stdout
+    assert "int8 vs float32 (label-free, 2 images): AP50 " in cold.stdout  # the verdict
     # progress of the long steps, with a rate
     assert re.search(r"activation ranges \d+/\d+ images \([\d.]+ images/s\)", cold.stderr)
     assert re.search(r"evaluate: 2/2 images x 2 models \([\d.]+ images/s\)", cold.stderr)
