@@ -32,6 +32,9 @@ from typing import TextIO
 CHATTY_LOGGERS = ("tensorflow", "absl", "keras", "tf_keras", "h5py", "onnx2tf", "tf2onnx",
                   "onnx", "onnxruntime", "py.warnings", "distributed", "numexpr")
 
+#: run logs kept per store (older ones are deleted when a new run starts)
+KEEP_LOGS = 100
+
 _state: dict[str, object] = {}
 
 
@@ -60,6 +63,7 @@ def divert(path: str | os.PathLike[str]) -> Path:
             s.flush()
         except (OSError, ValueError):
             pass
+    _prune(p.parent, KEEP_LOGS - 1)
     log = open(p, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
     term_out = _reopen(1, sys.stdout)
     term_err = _reopen(2, sys.stderr)
@@ -83,6 +87,19 @@ def divert(path: str | os.PathLike[str]) -> Path:
     _state["handler"] = handler
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return p
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest ``*.log`` files of ``folder``."""
+    try:
+        logs = sorted(folder.glob("*.log"), key=lambda f: f.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in logs[keep:]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
 
 
 def _rebind_handlers(streams: dict[int, TextIO]) -> None:
