@@ -37,7 +37,12 @@ demo() {
 
 tests() {
   setup
-  .venv/bin/python -m pytest -q "$@"
+  # -q once: a second -q (./run.sh test -q) would hide pytest's final "N passed" line
+  local quiet=(-q) a
+  for a in "$@"; do
+    [[ $a == -q || $a == --quiet || $a == -qq ]] && quiet=()
+  done
+  .venv/bin/python -m pytest "${quiet[@]}" "$@"
 }
 
 case "${1:-}" in

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,7 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
     arr = np.empty((len(paths), cfg.height, cfg.width, cfg.channels), np.float32)
     used: list[str] = []
     skipped: list[tuple[str, str]] = []
+    t_read = time.perf_counter()
     for i, p in enumerate(paths, 1):
         try:
             pixels = load_network_image(p, cfg.channels)
@@ -202,7 +204,8 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
             used.append(str(p))
         if i % max(progress_every, 1) == 0 or i == len(paths):
             say(f"calibration: {i}/{len(paths)} images read"
-                + (f", {len(skipped)} skipped" if skipped else ""))
+                + (f", {len(skipped)} skipped" if skipped else "")
+                + f" ({i / max(time.perf_counter() - t_read, 1e-9):.1f} images/s)")
     if not used:
         shown = "; ".join(f"{Path(f).name}: {r.split(': ', 1)[-1]}" for f, r in skipped[:5])
         raise InputError(f"none of the {len(paths)} image file(s) under {calibration_dir} "

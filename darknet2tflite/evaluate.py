@@ -31,6 +31,8 @@ AP_CONF_THRESH = 0.005
 NMS_THRESH = 0.45
 #: detections drawn in the report images
 DRAW_CONF_THRESH = 0.25
+#: the per-layer error chart, relative to the report folder
+LAYER_CHART = "report_images/layer_error.png"
 #: detections kept per image and class: pycocotools' AP uses maxDets=100 per image+category
 MAX_PER_CLASS = 100
 
@@ -253,7 +255,7 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
     saw it -- on a small photo set that is a much steadier estimate than one hold-out half.
     Writes side-by-side float | int8 detection images under ``out_dir/report_images`` and
     returns the report dict (see :func:`write_report`)."""
-    from .draw import draw_detections, save_image
+    from .draw import captioned, draw_detections, save_image
     from .images import load_rgb
 
     if not isinstance(meta, Mapping):
@@ -268,8 +270,12 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
         warnings.append(f"{len(skipped)} evaluation image(s) unreadable, skipped")
     progress(f"evaluate: {len(paths)} held-out images, models {', '.join(models)}")
     heads = {}
+    t0 = time.perf_counter()
     for k, p in models.items():
         heads[k] = run_model(p, batch, meta)
+    progress(f"evaluate: {len(paths)}/{len(paths)} images x {len(models)} models "
+             f"({len(paths) * len(models) / max(time.perf_counter() - t0, 1e-9):.1f} "
+             "images/s)")
     report: dict[str, Any] = {
         "images": [p.name for p in paths], "warnings": warnings,
         "conf_thresh_ap": AP_CONF_THRESH, "nms_thresh": NMS_THRESH,
@@ -277,6 +283,9 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
                   if k != "float32"},
         "sizes": {k: os.path.getsize(p) for k, p in models.items()},
     }
+    from .agreement import float_agreement
+    report["float_agreement"] = float_agreement(detect(heads["float32"], meta, sizes),
+                                                detect(heads["int8"], meta, sizes), sizes)
     if eval_annotations is not None:
         progress("evaluate: COCO AP (decode + NMS per model)")
         ap = {k: _ap(meta, detect(v, meta, sizes), paths, eval_annotations)
@@ -299,8 +308,8 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
             panels = []
             for k in ("float32", "int8"):
                 d = detect([h[i:i + 1] for h in heads[k]], meta, [sizes[i]], DRAW_CONF_THRESH)[0]
-                panels.append(draw_detections(rgb, d, meta.get("names")))
-            gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
+                panels.append(captioned(draw_detections(rgb, d, meta.get("names")), k))
+            gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
             fname = f"{p.stem}_float32_vs_int8.png"
             save_image(img_dir / fname, np.concatenate([panels[0], gap, panels[1]], axis=1))
             drawn.append(f"report_images/{fname}")
@@ -360,13 +369,22 @@ NOISE_NOTE = ("AP and AP50 losses are one draw: on 86 COCO photos, int8 models o
               "settings by means over several calibrations (bench/int8_splits.py).")
 
 
-def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """report.json (everything) and report.md (tables + detection images)."""
+def write_report(report: Mapping[str, Any], out_dir: str | Path,
+                 layer_types: Mapping[int, str] | None = None) -> dict[str, Path]:
+    """report.json (everything) and report.md (tables + detection images, and the per-layer
+    error chart ``report_images/layer_error.png``, its bars named by Darknet layer index and
+    ``layer_types``' section kinds)."""
     from .metadata import write_json
     from .atomic import atomic_write_bytes
     out = Path(out_dir)
     write_json(out / "report.json", report)
-    L: list[str] = [f"# int8 conversion report: {report.get('model', '')}", ""]
+    from .agreement import verdict_line
+    fa = report.get("float_agreement")
+    L: list[str] = []
+    if fa:  # the verdict first: what a reader wants to know before any table
+        L += [verdict_line(fa), ""] + [f"> warning: {w}" for w in fa.get("warnings", [])]
+        L += [""] if fa.get("warnings") else []
+    L += [f"# int8 conversion report: {report.get('model', '')}", ""]
     conv = report.get("conversion") or {}
     if conv:
         L += ["## Conversion", "", "| item | value |", "|---|---|"]
@@ -378,23 +396,28 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         for k, label in labels.items():
             if k in conv:
                 L.append(f"| {label} | {_fmt(conv[k])} |")
-        if conv.get("channel_split"):
-            from .channel_split import describe
-            L.append(f"| outlier channels split | {describe(conv['channel_split'])} |")
-        if conv.get("box_rounding"):
-            from .box_rounding import describe as describe_boxes
-            L.append(f"| box weights rounded with error feedback | "
-                     f"{describe_boxes(conv['box_rounding'])} |")
         mem = conv.get("memory") or {}
         if mem:
             L.append(f"| peak RSS (MB) | {_fmt(mem.get('peak_mb'), 0)} "
                      f"(+{_fmt(mem.get('delta_mb'), 0)} during conversion) |")
         chk = conv.get("integer_check") or {}
         if chk:
-            L.append(f"| full integer | {chk.get('full_integer')} (input {chk['input']['dtype']}, "
-                     f"scale {chk['input']['scale']:.9g}, zero point {chk['input']['zero_point']};"
-                     f" outputs {chk.get('outputs')}) |")
-            L.append(f"| ops | {', '.join(f'{k} x{v}' for k, v in sorted(chk['ops'].items()))} |")
+            L.append(f"| full integer | {chk.get('full_integer')} |")
+        L.append("")
+        # long values as a list, not table cells: a list wraps wherever it is rendered, a
+        # table cell does not in the Prefect UI (the table is clipped at its pane)
+        if conv.get("channel_split"):
+            from .channel_split import describe
+            L.append(f"- outlier channels split: {describe(conv['channel_split'])}")
+        if conv.get("box_rounding"):
+            from .box_rounding import describe as describe_boxes
+            L.append(f"- box weights rounded with error feedback: "
+                     f"{describe_boxes(conv['box_rounding'])}")
+        if chk:
+            L.append(f"- integer I/O: input {chk['input']['dtype']}, scale "
+                     f"{chk['input']['scale']:.9g}, zero point {chk['input']['zero_point']}; "
+                     f"outputs {chk.get('outputs')}")
+            L.append(f"- ops: {', '.join(f'{k} x{v}' for k, v in sorted(chk['ops'].items()))}")
         L.append("")
         if mem:
             L += [f"Memory: {mem.get('method')}.", ""]
@@ -419,7 +442,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         for k, v in ev["ap"].items():
             L.append(f"| {k} | {_fmt(v['AP'])} | {_fmt(v['AP50'])} | {_fmt(v['dAP'])} | "
                      f"{_fmt(v['dAP50'])} | {_by_size(v)} | {v['detections']} |")
-        L.append("")
+        L += ["", NOISE_NOTE, ""]
     cr = ev.get("ap_cross")
     if cr:
         L += [f"Cross-calibrated ({cr['folds']} folds, every one of {cr['images']} images scored "
@@ -432,14 +455,15 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
               f"{_fmt(cr['dAP50'])} | {_by_size(cr['int8'])} |", ""]
     if ev.get("heads"):
         L += ["## Raw head error vs float32", "",
-              "| model | head | grid | SQNR dB | cosine | xy dB | wh dB | obj dB | cls dB |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "SQNR in dB (higher is better) of the whole head and of its box x/y, box "
+              "w/h, objectness and class channels; cosine similarity in report.json.", "",
+              "| model | head (grid) | SQNR dB | xy / wh / obj / cls dB |", "|---|---|---|---|"]
         for k, rows in ev["heads"].items():
             for r in rows:
                 p = r["parts"]
-                L.append(f"| {k} | {r['head']} | {r['grid'][0]}x{r['grid'][1]} | "
-                         f"{_fmt(r['sqnr_db'])} | {r['cosine']:.5f} | "
-                         + " | ".join(_fmt(p[q]['sqnr_db']) for q in ("xy", "wh", "obj", "cls"))
+                L.append(f"| {k} | {r['head']} ({r['grid'][0]}x{r['grid'][1]}) | "
+                         f"{_fmt(r['sqnr_db'])} | "
+                         + " / ".join(_fmt(p[q]['sqnr_db']) for q in ("xy", "wh", "obj", "cls"))
                          + " |")
         L.append("")
     if ev.get("sizes"):
@@ -461,22 +485,20 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
             L += [f"AP bought vs full int8: {_fmt(fb['dAP'])} AP, {_fmt(fb['dAP50'])} AP50.", ""]
     le = report.get("worst_layers") or []
     if le:
+        from .charts import layer_error_chart
+        from .draw import save_image
         L += ["## Worst-quantized layers (QuantizationDebugger)", "",
               "RMSE/scale per op output, each op fed the quantized input (0.29 = rounding only).",
-              "", "| Darknet layer | op | tensor | RMSE/scale | range |", "|---|---|---|---|---|"]
+              ""]
+        chart = layer_error_chart(le, dict(layer_types or {}))
+        if chart is not None:
+            save_image(out / LAYER_CHART, chart)
+            L += [f"![int8 error per Darknet layer]({LAYER_CHART})", ""]
+        L += ["| Darknet layer | type | op | RMSE/scale | range |", "|---|---|---|---|---|"]
         for r in le[:10]:
-            L.append(f"| {_fmt(r['layer'])} | {r['op']} | `{r['tensor'][-60:]}` | "
-                     f"{_fmt(r['rmse_over_scale'], 3)} | {_fmt(r['range'], 3)} |")
+            L.append(f"| {_fmt(r['layer'])} | {(layer_types or {}).get(r['layer'], '-')} | "
+                     f"{r['op']} | {_fmt(r['rmse_over_scale'], 3)} | {_fmt(r['range'], 3)} |")
         L.append("")
-    tg = report.get("targets")
-    if tg:
-        L += ["## Targets", "", "| target | value | limit | met |", "|---|---|---|---|"]
-        for t in tg:
-            L.append(f"| {t['name']} | {_fmt(t['value'])} | {t['limit']} | "
-                     f"{'yes' if t['met'] else 'NO'} |")
-        L.append("")
-        if ev.get("ap"):
-            L += [NOISE_NOTE, ""]
     if ev.get("drawn"):
         L += ["## Detections: float32 (left) vs int8 (right)", "",
               f"conf {DRAW_CONF_THRESH}, NMS {NMS_THRESH}.", ""]
@@ -485,4 +507,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     for w in ev.get("warnings", []) + list(report.get("warnings", [])):
         L.append(f"> warning: {w}")
     atomic_write_bytes(out / "report.md", ("\n".join(L) + "\n").encode())
-    return {"report_json": out / "report.json", "report_md": out / "report.md"}
+    arts = {"report_json": out / "report.json", "report_md": out / "report.md"}
+    if (out / LAYER_CHART).is_file():
+        arts[f"image:{LAYER_CHART}"] = out / LAYER_CHART
+    return arts

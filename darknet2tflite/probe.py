@@ -736,14 +736,17 @@ class Prober:
                     flag(UNSUPPORTED, f"{op.name} input {k} is {op.inputs[k]}; the "
                          f"{profile.name} kernel takes {'/'.join(allowed)}", [op.name])
         if profile.require_integer:
-            if summary.float_ops:
-                fo = _unique(summary.float_ops)
-                flag(UNSUPPORTED, f"float op {', '.join(fo)} in the int8 graph", fo)
-            if summary.dead_outputs and not summary.float_ops:
-                dead = _unique(summary.dead_outputs)
-                flag(DEGRADED, f"{', '.join(dead)} with unused outputs: the int8 quantizer "
+            dead = _unique(summary.dead_outputs)
+            fo = _unique(summary.float_ops)
+            if dead and set(fo) <= {"DEQUANTIZE", "QUANTIZE", *dead}:
+                # one finding whichever way this conversion went: the quantizer leaves such
+                # an op in float in some conversions and not in others, so the same layer
+                # must not read "degraded" in one run (report) and "unsupported" in another
+                flag(UNSUPPORTED, f"{', '.join(dead)} with unused outputs: the int8 quantizer "
                      "leaves such ops in float in some conversions (DEQUANTIZE -> "
                      f"{dead[0]} -> QUANTIZE), nondeterministically", dead)
+            elif fo:
+                flag(UNSUPPORTED, f"float op {', '.join(fo)} in the int8 graph", fo)
             fonly = [o for o in _unique(ops) if o in profile.float_only_ops]
             if fonly:
                 flag(UNSUPPORTED, f"{', '.join(fonly)}: {profile.name} kernel is float32-only",

@@ -173,6 +173,7 @@ def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | No
     inp = it.get_input_details()[0]["index"]
     lo = {name: np.inf for name in ranges}
     hi = {name: -np.inf for name in ranges}
+    t0 = time.perf_counter()
     for i in range(len(images)):
         it.set_tensor(inp, np.ascontiguousarray(images[i:i + 1], dtype=np.float32))
         it.invoke()
@@ -181,7 +182,8 @@ def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | No
             lo[name] = min(lo[name], float(v.min()))
             hi[name] = max(hi[name], float(v.max()))
         if progress and ((i + 1) % max(progress_every, 1) == 0 or i + 1 == len(images)):
-            progress(f"int8: activation ranges {i + 1}/{len(images)} images")
+            progress(f"int8: activation ranges {i + 1}/{len(images)} images "
+                     f"({(i + 1) / max(time.perf_counter() - t0, 1e-9):.1f} images/s)")
     bad = [n for n in ranges if not (np.isfinite(lo[n]) and np.isfinite(hi[n]))]
     if bad:
         raise UserError(f"the float model produces non-finite values in {len(bad)} tensor(s) "
@@ -814,6 +816,10 @@ def assemble_report(cfg_path: str | Path, q: QuantizeResult, calib: Any,
             fb["dAP50"] = round(ap["int8-fallback"]["AP50"] - ap["int8"]["AP50"], 3)
         report["float_fallback"] = fb
     report["targets"] = _targets(report)
+    if "float_agreement" in report["evaluation"]:  # the verdict: top level, see agreement.py
+        from .agreement import calibration_warning
+        fa = report["float_agreement"] = dict(report["evaluation"].pop("float_agreement"))
+        fa["warnings"] = fa.get("warnings", []) + calibration_warning(len(calib.images))
     return report
 
 

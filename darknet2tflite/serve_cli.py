@@ -38,6 +38,9 @@ def add_serve_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argum
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.batch_source and not os.path.exists(args.batch_source):
+        # an active schedule whose every run fails is worse than no schedule
+        raise UserError(f"--batch-source {args.batch_source}: no such folder or manifest")
     from flows import _settings  # noqa: F401  (Prefect env defaults before prefect)
     from prefect.settings import PREFECT_API_URL
 

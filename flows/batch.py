@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import flows._settings  # noqa: F401  (Prefect env defaults before `import prefect`)
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -33,6 +34,7 @@ from prefect.states import Completed, Failed
 
 from darknet2tflite.augment import MIRROR_BELOW
 from darknet2tflite.channel_split import MAC_BUDGET
+from darknet2tflite.errors import UserError
 from flows.convert import convert
 from flows.runners import make_task_runner
 
@@ -125,6 +127,35 @@ def _resolve(d: dict[str, Any], base: Path) -> dict[str, Any]:
             for k, v in d.items()}
 
 
+class BatchFailure(UserError, Mapping):
+    """The data of a Failed batch run: the summary, as an exception.
+
+    Prefect turns a Failed state's data into the exception it raises; a plain dict there made
+    its engine log "TypeError: Unexpected result for failed state ... dict cannot be resolved
+    into an exception" with a traceback.  This is an exception *and* reads like the summary
+    dict (``state.result(raise_on_failure=False)["models"]``).  A UserError: its message is
+    the whole story (which models failed; each one's error is in the summary), so the
+    console filter drops the traceback a served run's engine logs when it re-raises it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __getitem__(self, key: str) -> Any:
+        return self.summary[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.summary)
+
+    def __len__(self) -> int:
+        return len(self.summary)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchFailure, (str(self), self.summary))
+
+
 def _one_line(exc: Any) -> str:
     text = str(exc) if isinstance(exc, BaseException) else repr(exc)
     return " ".join(text.split())[:300]
@@ -141,6 +172,8 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
           images: Optional[str] = None):
     """Convert every model of ``source`` (folder of cfg+weights pairs, or YAML manifest)
     into ``out/<name>/``, each as a ``convert`` subflow sharing one artifact store."""
+    from darknet2tflite.convert_cli import _quiet_user_error_tracebacks
+    _quiet_user_error_tracebacks()  # a failing model: one line in the summary, no traceback
     logger = get_run_logger()
     defaults = {k: v for k, v in dict(
         calibration=calibration, names=names, input_type=input_type,
@@ -148,6 +181,9 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
         channel_split=channel_split, calibration_mirror=calibration_mirror, variants=variants,
         backend=backend, eval_annotations=eval_annotations, eval_images=eval_images,
         images=images).items() if v is not None}
+    from flows._served import divert_served_run
+    from tasks._common import store_root
+    divert_served_run(str(store_root(store)), "batch", Path(source).stem)
     models = discover_models(source, defaults)
     logger.info("batch of %d model(s) from %s", len(models), source)
 
@@ -185,7 +221,7 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
     summary = {"source": str(source), "out": str(out), "completed": n_ok,
                "failed": len(rows) - n_ok, "models": rows}
     if n_ok < len(rows):
-        return Failed(message=f"{len(rows) - n_ok}/{len(rows)} model(s) failed: "
-                      + ", ".join(r["model"] for r in rows if r["state"] != "Completed"),
-                      data=summary)
+        message = (f"{len(rows) - n_ok}/{len(rows)} model(s) failed: "
+                   + ", ".join(r["model"] for r in rows if r["state"] != "Completed"))
+        return Failed(message=message, data=BatchFailure(message, summary))
     return Completed(message=f"{n_ok} model(s) converted", data=summary)

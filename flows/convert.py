@@ -128,10 +128,14 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     from tasks.report import report as report_task
     from tasks.rewrite import rewrite as rewrite_task
 
+    from darknet2tflite.convert_cli import _quiet_user_error_tracebacks
+    _quiet_user_error_tracebacks()  # served runs too: a bad input is its one-line message
     _check_inputs(params)
     logger = get_run_logger()
     model = name or Path(cfg).stem
     store_s = str(store_root(store))
+    from flows._served import divert_served_run
+    divert_served_run(store_s, "convert", model)
     # temp dirs of producers that were killed (SIGKILL, power cut) in this store; entries
     # being produced right now by live runs are flock-ed and left alone
     for stale in ArtifactStore(store_s).gc_tmp():
@@ -302,8 +306,10 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
 
     report_md = artifact(stages["report"], "report_md")
     if report_md:
+        from darknet2tflite.ui_markdown import inline_images
         markdown_artifact(key=f"{key}-report",
-                                 markdown=Path(report_md).read_text(encoding="utf-8"),
+                                 markdown=inline_images(Path(report_md).read_text(
+                                     encoding="utf-8"), Path(report_md).parent),
                                  description=f"{model}: report (copied to {out}/report.md)")
     _publish(pending)
 

@@ -97,6 +97,9 @@ def evaluation_rows(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         if ap:
             row.update({"AP": ap.get(m, {}).get("AP", "-"), "AP50": ap.get(m, {}).get("AP50", "-"),
                         "dAP": ap.get(m, {}).get("dAP", "-")})
+        fa = report.get("float_agreement") or {}
+        if fa:  # the label-free verdict (agreement.py) belongs to the shipped int8 model
+            row["AP50 vs float32"] = fa.get("ap50") if m == "int8" else "-"
         rows.append(row)
     return rows
 

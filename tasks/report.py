@@ -100,11 +100,14 @@ def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, out / rel)
             arts[name] = out / rel
-    arts.update(write_report(report, out))
+    probe = read_json(artifact(p["probe"], "probe")) or {}
+    layer_types = {r["index"]: r["section"] for r in (probe.get("before") or {}).get("rows", [])}
+    arts.update(write_report(report, out, layer_types))
     md = Path(arts["report_md"])
     text = md.read_text(encoding="utf-8")
-    head, _, rest = text.partition("\n\n")
-    md.write_text(head + "\n\n" + _pipeline_markdown(summary) + "\n" + rest, encoding="utf-8")
+    cut = text.find("\n## ") + 1 or len(text)  # the pipeline facts before the first section
+    md.write_text(text[:cut] + _pipeline_markdown(summary) + "\n" + text[cut:],
+                  encoding="utf-8")
     log(f"report: {len(text.splitlines())} lines, {len(arts) - 2} images")
     return arts
 
