@@ -64,3 +64,13 @@ class WeightsError(DarknetError):
 
 class InputError(UserError):
     """Bad non-Darknet input: image folders, annotation files, options."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``value`` as it may appear in a one-line message: file names that are not valid UTF-8
+    keep their bytes visible as ``\\xNN`` (printing a surrogate-escaped name would raise), and
+    anything longer than ``limit`` characters is cut with "…" (a 4-million-character option
+    value must not be echoed whole)."""
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = " ".join(text.split()) if ("\n" in text or "\r" in text) else text
+    return text if len(text) <= limit else text[: limit - 1] + "…"
