@@ -261,9 +261,19 @@ def _net(r: _Reader) -> dict[str, Any]:
     return dict(
         width=r.int("width", lo=1, hi=MAX_SPATIAL),
         height=r.int("height", lo=1, hi=MAX_SPATIAL),
-        channels=r.int("channels", 3, lo=1, hi=4),
+        channels=_net_channels(r),
         letter_box=r.int("letter_box", 0, lo=0, hi=1),
     )
+
+
+def _net_channels(r: _Reader) -> int:
+    """Images reach a network only as RGB (3) or Darknet grey (1); any other count is refused
+    here, at parse time, rather than after the model was built."""
+    c = r.int("channels", 3, lo=1, hi=4)
+    if c not in (1, 3):
+        raise r.s.error(f"channels={c}: images can only be fed as RGB (channels=3) or grey "
+                        "(channels=1)", "channels")
+    return c
 
 
 def _activation(r: _Reader, default: str) -> str:
@@ -499,4 +509,6 @@ def parse_cfg(path: str | Path) -> DarknetConfig:
     cfg = DarknetConfig(path=path, net=sections[0], layers=sections[1:])
     from .shapes import infer_shapes  # late import: shapes needs the types above
     infer_shapes(cfg)
+    from .bounds import check_cfg
+    check_cfg(cfg)  # layers, input size, parameters (README: Limits), before anything is built
     return cfg

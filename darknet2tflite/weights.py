@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bounds import check_weight_values
 from .cfg import DarknetConfig, Section
 from .errors import WeightsError
 
@@ -100,9 +101,7 @@ def read_weights(path: str | Path, cfg: DarknetConfig) -> DarknetWeights:
         arrays["weights"] = arrays["weights"].reshape(
             p["filters"], p["in_shapes"][0][2] // p["groups"], p["size"], p["size"])
         for name, arr in arrays.items():
-            if not np.all(np.isfinite(arr)):
-                raise WeightsError(f"conv layer {sec.index} has non-finite {name} values",
-                                   file=path, layer=sec.index)
+            check_weight_values(name, arr, path, sec.index)  # finite, within bounds.py
         if p["batch_normalize"] and np.any(arrays["rolling_variance"] < 0):
             raise WeightsError(f"conv layer {sec.index} has negative batch-norm variance "
                                "(weights for a different cfg?)", file=path, layer=sec.index)
