@@ -29,7 +29,7 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .cache import cache_root
 from .cfg import DarknetConfig, parse_cfg
-from .errors import InputError, shown
+from .errors import InputError, shown, shown_path
 from .images import (IMAGE_EXTENSIONS, NETWORK_CHANNELS, ImageError, check_network_channels,
                      find_images, image_walk, load_network_image, preprocess)
 
@@ -121,7 +121,7 @@ def calibration_images(folder: str | os.PathLike[str], limit: int | None = DEFAU
     skip = {os.path.realpath(p) for p in exclude}
     walk = image_walk(root)
     if skipped is not None:
-        skipped.extend((str(p), f"{shown(p)}: {why}") for p, why in walk.skipped)
+        skipped.extend((str(p), f"{shown_path(p)}: {why}") for p, why in walk.skipped)
     paths = [p for p in find_images(root, limit=None, seed=seed)
              if os.path.realpath(p) not in skip]
     if not paths:
@@ -215,7 +215,7 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
         first = "; ".join(f"{shown(Path(f).name, 40)}: {r.rsplit(': ', 1)[-1]}"
                           for f, r in skipped[:3])
         raise InputError(f"none of the {len(paths)} image file(s) under "
-                         f"{shown(calibration_dir)} could be read as an image ({first}"
+                         f"{shown_path(calibration_dir)} could be read as an image ({first}"
                          f"{' ...' if len(skipped) > 3 else ''})")
     if skipped:
         _warn_skipped(skipped, say)

@@ -74,3 +74,9 @@ def shown(value: object, limit: int = 80) -> str:
     text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     text = " ".join(text.split()) if ("\n" in text or "\r" in text) else text
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown_path(path: object) -> str:
+    """A path in a message: escaped like :func:`shown`, cut only when absurdly long (a path
+    is what the user needs to find the file; an option value is not)."""
+    return shown(path, 400)

@@ -16,7 +16,7 @@ import struct
 from typing import NamedTuple
 
 from .bounds import MAX_IMAGE_PIXELS, check_image_size
-from .errors import InputError, shown
+from .errors import InputError, shown, shown_path
 
 #: an image file larger than this is refused unread (a 50 Mpx BMP is 150 MB)
 MAX_IMAGE_BYTES = 4 * MAX_IMAGE_PIXELS
@@ -30,7 +30,7 @@ class Header(NamedTuple):
 
 def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
     """The file's bytes; a FIFO, device, folder or oversized file raises InputError unread."""
-    where = shown(path)
+    where = shown_path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -107,7 +107,7 @@ def image_header(data: bytes) -> Header | None:
 def check_image_bytes(data: bytes, path: str | os.PathLike[str]) -> Header:
     """Header within bounds and, for JPEG/PNG, the end marker present.  Formats other than
     JPEG/PNG/BMP are left to the decoder (``OPENCV_IO_MAX_IMAGE_PIXELS`` bounds those)."""
-    where = shown(path)
+    where = shown_path(path)
     hdr = image_header(data)
     if hdr is None:
         raise InputError(f"{where}: truncated or malformed image header")

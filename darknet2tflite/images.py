@@ -21,7 +21,7 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .errors import InputError, shown  # noqa: E402
+from .errors import InputError, shown_path  # noqa: E402
 from .imagefile import check_image_bytes, read_image_bytes  # noqa: E402
 from .walk import Walk, regular_files  # noqa: E402
 
@@ -128,10 +128,10 @@ def _read(p: Path, flags: int) -> np.ndarray:
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as exc:  # some decoders raise instead of returning None
-        raise ImageError(f"{shown(p)}: cannot decode image "
+        raise ImageError(f"{shown_path(p)}: cannot decode image "
                          f"({str(exc).strip().splitlines()[-1]})") from exc
     if img is None or img.size == 0:
-        raise ImageError(f"{shown(p)}: not a readable image (corrupt or unsupported format)")
+        raise ImageError(f"{shown_path(p)}: not a readable image (corrupt or unsupported format)")
     return _to_uint8(img, p)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UserError, shown
+from .errors import InputError, UserError, shown, shown_path
 
 #: a JSON input (annotations, model.json, profile, manifest) larger than this is refused
 #: unread; COCO's full val2017 instances file is 25 MB, train2017 448 MB
@@ -43,14 +43,14 @@ def existing_file(p: str | os.PathLike[str], what: str) -> Path:
     from .walk import file_kind
     st, why = file_kind(p)
     if st is None:
-        raise UserError(f"{what} {shown(p)}: {why}")
+        raise UserError(f"{what} {shown_path(p)}: {why}")
     return Path(p)
 
 
 def existing_folder(p: str | os.PathLike[str], what: str) -> Path:
     path = Path(p)
     if not path.is_dir():
-        raise UserError(f"{what} {shown(p)}: "
+        raise UserError(f"{what} {shown_path(p)}: "
                         + ("no such folder" if not os.path.lexists(path) else "not a folder"))
     return path
 
@@ -61,7 +61,7 @@ def writable_folder(p: str | os.PathLike[str], what: str, label: str | None = No
     anything in it.  Tried for real (a temp folder made and removed), because permission bits
     say nothing for root, while a read-only mount or an immutable folder stops root too."""
     path = Path(p).expanduser().absolute()
-    label = label or shown(p)
+    label = label or shown_path(p)
     if os.path.lexists(path) and not path.is_dir():
         raise UserError(f"{what} {label}: exists and is not a folder")
     # --out is staged next to the folder (its parent must take new entries); the store
@@ -71,11 +71,11 @@ def writable_folder(p: str | os.PathLike[str], what: str, label: str | None = No
     for parent in [probe_in, *probe_in.parents]:
         if os.path.lexists(parent):
             if not parent.is_dir():
-                raise UserError(f"{what} {label}: {shown(parent)} is not a folder")
+                raise UserError(f"{what} {label}: {shown_path(parent)} is not a folder")
             try:
                 os.rmdir(tempfile.mkdtemp(prefix=".d2t-probe.", dir=parent))
             except OSError as e:
-                raise UserError(f"{what} {label}: cannot create files in {shown(parent)} "
+                raise UserError(f"{what} {label}: cannot create files in {shown_path(parent)} "
                                 f"({e.strerror})") from None
             break
     if is_store and path.is_dir():
@@ -93,7 +93,7 @@ def check_store(root: Path, what: str = "--store") -> None:
         except FileNotFoundError:
             continue
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise UserError(f"{what} {shown(root)}: {sub} is not a real folder (a symlink or a "
+            raise UserError(f"{what} {shown_path(root)}: {sub} is not a real folder (a symlink or a "
                             "file); refusing to use this store")
 
 
@@ -112,7 +112,7 @@ def check_model(cfg: str | os.PathLike[str], weights: str | os.PathLike[str],
         try:
             decode_metadata(parsed, names_list)
         except ValueError as e:
-            raise UserError(f"{shown(names)}: {e}") from None
+            raise UserError(f"{shown_path(names)}: {e}") from None
     return parsed
 
 
@@ -121,9 +121,9 @@ def read_names_file(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UserError(f"names {shown(path)}: not UTF-8 text (byte {e.start})") from None
+        raise UserError(f"names {shown_path(path)}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
-        raise UserError(f"names {shown(path)}: cannot read ({e.strerror})") from None
+        raise UserError(f"names {shown_path(path)}: cannot read ({e.strerror})") from None
     return [n for n in (ln.strip() for ln in text.splitlines()) if n]
 
 
@@ -146,8 +146,9 @@ def check_image_folder(folder: str | os.PathLike[str], what: str) -> None:
             bad.append(f"{shown(p.name, 40)} ({str(e).rsplit(': ', 1)[-1]})")
     exts = "/".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
     if not bad:
-        raise UserError(f"{what} {shown(folder)}: no images ({exts}) found")
-    raise UserError(f"{what} {shown(folder)}: none of the {len(bad)} image file(s) is usable: "
+        raise UserError(f"{what} {shown_path(folder)}: no images ({exts}) found")
+    raise UserError(f"{what} {shown_path(folder)}: none of the {len(bad)} image file(s) could "
+                    "be read as an image: "
                     + "; ".join(bad[:SHOWN]) + (" ..." if len(bad) > SHOWN else ""))
 
 
@@ -166,15 +167,15 @@ def load_json(path: str | os.PathLike[str], what: str) -> Any:
     p = existing_file(path, what)
     size = os.stat(p).st_size
     if size > MAX_JSON_BYTES:
-        raise UserError(f"{what} {shown(p)}: {size} bytes, more than {MAX_JSON_BYTES}")
+        raise UserError(f"{what} {shown_path(p)}: {size} bytes, more than {MAX_JSON_BYTES}")
     try:
         return json.loads(p.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
-        raise UserError(f"{what} {shown(p)}: not UTF-8 text (byte {e.start})") from None
+        raise UserError(f"{what} {shown_path(p)}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{what} {shown(p)}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise UserError(f"{what} {shown_path(p)}:{e.lineno}: not valid JSON ({e.msg})") from None
     except RecursionError:
-        raise UserError(f"{what} {shown(p)}: JSON nested too deeply") from None
+        raise UserError(f"{what} {shown_path(p)}: JSON nested too deeply") from None
 
 
 def _is_int(v: Any) -> bool:
@@ -189,7 +190,7 @@ def check_coco(data: Any, path: str | os.PathLike[str]) -> None:
     """The parts of a COCO instances file evaluation reads: ``images`` with an ``id`` and a
     ``file_name``, ``annotations`` with ``image_id``, ``category_id`` and a ``bbox`` of four
     finite numbers (width, height >= 0), ``categories`` with ``id`` and ``name``."""
-    where = shown(path)
+    where = shown_path(path)
     if not isinstance(data, dict) or not all(
             isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise AnnotationError(f"{where}: not a COCO instances file (needs the lists 'images', "
@@ -287,7 +288,7 @@ def check_tflite_file(path: str | os.PathLike[str], what: str = "model") -> Path
     with open(p, "rb") as f:
         head = f.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":
-        raise UserError(f"{what} {shown(path)}: not a .tflite model (no TFL3 identifier)")
+        raise UserError(f"{what} {shown_path(path)}: not a .tflite model (no TFL3 identifier)")
     return p
 
 
@@ -315,11 +316,11 @@ def check_profile_fields(d: Mapping[str, Any], origin: str, error: type[Exceptio
     for key, (types, what) in _PROFILE_TYPES.items():
         if key in d and (not isinstance(d[key], types) or isinstance(d[key], bool)
                          and bool not in types):
-            raise error(f"{shown(origin)}: key '{key}': must be {what}, got "
+            raise error(f"{shown_path(origin)}: key '{key}': must be {what}, got "
                         f"{shown(json.dumps(d[key]), 40)}")
     for key in ("allowed_ops", "float_only_ops", "notes"):
         if isinstance(d.get(key), list) and not all(isinstance(x, str) for x in d[key]):
-            raise error(f"{shown(origin)}: key '{key}': every entry must be a string")
+            raise error(f"{shown_path(origin)}: key '{key}': every entry must be a string")
 
 
 # --------------------------------------------------------------------------- batch
@@ -331,11 +332,11 @@ def check_manifest_defaults(defaults: Any, path: str | os.PathLike[str],
     if defaults is None:
         return {}
     if not isinstance(defaults, dict):
-        raise ManifestError(f"{shown(path)}: 'defaults' must be a mapping of convert "
+        raise ManifestError(f"{shown_path(path)}: 'defaults' must be a mapping of convert "
                             f"options, got {type(defaults).__name__}")
     unknown = sorted(str(k) for k in defaults if k not in known or k == "name")
     if unknown:
-        raise ManifestError(f"{shown(path)}: 'defaults' has unknown key(s) "
+        raise ManifestError(f"{shown_path(path)}: 'defaults' has unknown key(s) "
                             f"{shown(', '.join(unknown), 60)} (known: {', '.join(known[1:])})")
     return defaults
 
@@ -373,12 +374,12 @@ def check_detect_inputs(model: str, image: str, out: str) -> dict[str, Any] | No
     check_image_file(image, "image")
     out_p = Path(out)
     if out_p.is_dir():
-        raise UserError(f"--out {shown(out)}: is a folder; give the image file to write")
+        raise UserError(f"--out {shown_path(out)}: is a folder; give the image file to write")
     if out_p.suffix.lower() not in DETECT_OUT_SUFFIXES:
-        raise UserError(f"--out {shown(out)}: unknown image type {shown(out_p.suffix, 20)} "
+        raise UserError(f"--out {shown_path(out)}: unknown image type {shown(out_p.suffix, 20)} "
                         f"(use {', '.join(s for s in DETECT_OUT_SUFFIXES if s)})")
-    writable_folder(out_p.absolute().parent / ".d2t-out", "--out", label=shown(out))
+    writable_folder(out_p.absolute().parent / ".d2t-out", "--out", label=shown_path(out))
     side = Path(model).with_name("model.json")
     if side.exists():
-        return check_model_json(load_json(side, "model.json"), shown(side))
+        return check_model_json(load_json(side, "model.json"), shown_path(side))
     return None
