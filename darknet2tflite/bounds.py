@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 #: 50 Mpx is a full-resolution 50-megapixel phone photo.  Decoding + preprocessing costs about
 #: 15 bytes per pixel (uint8 RGB + float32 RGB), so the bound caps that at ~750 MB.
 MAX_IMAGE_PIXELS = 50_000_000
-#: layers after [net]; yolov4 has 161, yolov4-p6 ~ 400.  Keras builds its graph recursively,
+#: layers after [net]; yolov4 has 162.  Keras builds its graph recursively,
 #: so the Python recursion limit is raised to cover this many (see :func:`graph_recursion`).
 MAX_LAYERS = 4000
-#: float parameters (weights + biases + batch-norm) a cfg may declare; yolov4 has 64 M,
-#: yolov4-p6 127 M.  150 M float32 is 600 MB of weights, held several times while building.
+#: float parameters (weights + biases + batch-norm) a cfg may declare; yolov4 has 64.4 M;
+#: 150 M float32 is 600 MB of weights, held several times while building.
 MAX_PARAMS = 150_000_000
-#: network input pixels (width x height); 1536x1536 is the largest official Darknet input.
+#: network input pixels (width x height); yolov4 takes 608x608.
 MAX_INPUT_PIXELS = 4096 * 4096
 #: largest magnitude a stored weight, bias, scale or batch-norm mean may have.  Trained values
 #: are below 20 (yolov3-tiny: weights 2.4, biases 9.8, means 17.5); 1e6 leaves five orders of
@@ -37,8 +37,9 @@ MAX_INPUT_PIXELS = 4096 * 4096
 MAX_WEIGHT_ABS = 1e6
 #: batch-norm variance is a square: its bound is the square of the others'.
 MAX_VARIANCE = MAX_WEIGHT_ABS ** 2
-#: Python frames Keras needs per layer when it maps a functional graph (measured: a 3000-layer
-#: chain builds with a limit of 20000, fails with 1000 at ~900 layers).
+#: Python frames allowed per layer for Keras' functional graph walk (measured with build_keras
+#: on generated 1x1-conv chains: 4000 layers build with 1000 + 6 x 4000 = 25000; Python's
+#: default of 1000 fails on a 1000-layer chain).
 _FRAMES_PER_LAYER = 6
 
 
