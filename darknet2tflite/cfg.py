@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Callable
 
 from .errors import CfgError
@@ -412,9 +413,12 @@ def _region(r: _Reader) -> dict[str, Any]:
 
 def _decode_lines(path: Path) -> list[str]:
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        size = st.st_size
     except OSError as e:
         raise CfgError(f"cannot read cfg: {e.strerror}", file=path) from None
+    if not S_ISREG(st.st_mode):  # a FIFO would block the read forever
+        raise CfgError("not a regular file", file=path)
     if size > MAX_CFG_BYTES:
         raise CfgError(f"file is {size} bytes; a Darknet cfg is never larger than "
                        f"{MAX_CFG_BYTES} bytes", file=path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 
@@ -60,6 +61,8 @@ def _seen_is_64bit(major: int, minor: int) -> bool:
 def read_weights(path: str | Path, cfg: DarknetConfig) -> DarknetWeights:
     path = Path(path)
     try:
+        if not S_ISREG(path.stat().st_mode):  # a FIFO would block the read forever
+            raise WeightsError("not a regular file", file=path)
         data = path.read_bytes() if path.stat().st_size <= expected_size(cfg) + 64 else None
     except OSError as e:
         raise WeightsError(f"cannot read weights: {e.strerror}", file=path) from None

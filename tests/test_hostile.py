@@ -693,3 +693,34 @@ def test_shown_cuts_and_escapes() -> None:
     assert shown("a\nb") == "a b"
     with pytest.raises(InputError):
         raise InputError(shown("v" * 10 ** 6))
+
+
+def test_fifo_given_as_cfg_or_weights_is_refused_not_read(tmp_path: Path, tiny) -> None:
+    fifo = tmp_path / "pipe.cfg"
+    os.mkfifo(fifo)
+    with pytest.raises(CfgError, match="not a regular file"):
+        parse_cfg(fifo)
+    with pytest.raises(WeightsError, match="not a regular file"):
+        read_weights(fifo, parse_cfg(tiny[0]))
+    refused(cli("build", fifo, tiny[1], "--out", tmp_path / "out"), str(fifo), "FIFO")
+    refused(cli("build", tiny[0], fifo, "--out", tmp_path / "out"), str(fifo), "FIFO")
+
+
+def test_flow_parameters_from_the_ui_get_the_same_checks(tmp_path: Path, tiny, calib) -> None:
+    """A run started from the UI never passes the CLI: the flow's own check (before its first
+    task) refuses the same inputs with the same one line."""
+    from flows.convert import _check_inputs
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
+    params = {"cfg": str(tiny[0]), "weights": str(tiny[1]), "out": str(tmp_path / "out"),
+              "calibration": str(calib), "eval_images": str(calib),
+              "eval_annotations": str(ann), "store": str(tmp_path / "store")}
+    with pytest.raises(UserError, match=r"images\[0\]: needs a 'file_name'"):
+        _check_inputs(params)
+    _check_inputs(dict(params, eval_annotations=None, eval_images=None))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no images"):
+        _check_inputs(dict(params, eval_annotations=None, eval_images=None,
+                           calibration=str(empty)))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
