@@ -724,3 +724,20 @@ def test_flow_parameters_from_the_ui_get_the_same_checks(tmp_path: Path, tiny, c
         _check_inputs(dict(params, eval_annotations=None, eval_images=None,
                            calibration=str(empty)))
     assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
+
+
+def test_replace_without_exchange_uses_two_renames(tmp_path: Path, monkeypatch) -> None:
+    """File systems without RENAME_EXCHANGE: the old set is parked, the new one renamed in,
+    the parked one removed; the user's extra file is carried over either way."""
+    from darknet2tflite import swap
+    monkeypatch.setattr(swap, "exchange", lambda a, b: False)
+    out, new = tmp_path / "out", tmp_path / ".out.x.partial"
+    out.mkdir()
+    new.mkdir()
+    (out / "model.json").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    (new / "model.json").write_text("new")
+    swap.replace_dir(new, out)
+    assert (out / "model.json").read_text() == "new"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
