@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ Progress = Callable[[str], None]
 #: Darknet's detector map uses thresh .005 and nms .45 for AP
 AP_CONF_THRESH = 0.005
 NMS_THRESH = 0.45
+#: characters of an image's name not kept in its report picture's name
+_UNSAFE_IN_NAME = re.compile(r"[^\w .-]")
 #: detections drawn in the report images
 DRAW_CONF_THRESH = 0.25
 #: detections kept per image and class: pycocotools' AP uses maxDets=100 per image+category
@@ -301,7 +304,9 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
                 d = detect([h[i:i + 1] for h in heads[k]], meta, [sizes[i]], DRAW_CONF_THRESH)[0]
                 panels.append(draw_detections(rgb, d, meta.get("names")))
             gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
-            fname = f"{p.stem}_float32_vs_int8.png"
+            # \w keeps any letter; bytes that are not UTF-8 (surrogate escapes) become "_",
+            # so the name can be written into report.md and the Prefect UI
+            fname = _UNSAFE_IN_NAME.sub("_", p.stem) + "_float32_vs_int8.png"
             save_image(img_dir / fname, np.concatenate([panels[0], gap, panels[1]], axis=1))
             drawn.append(f"report_images/{fname}")
         report["drawn"] = drawn
@@ -484,5 +489,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         L.append("")
     for w in ev.get("warnings", []) + list(report.get("warnings", [])):
         L.append(f"> warning: {w}")
-    atomic_write_bytes(out / "report.md", ("\n".join(L) + "\n").encode())
+    text = "\n".join(L) + "\n"  # file names that are not UTF-8 shown as \xNN
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    atomic_write_bytes(out / "report.md", text.encode())
     return {"report_json": out / "report.json", "report_md": out / "report.md"}

@@ -343,9 +343,23 @@ def check_manifest_defaults(defaults: Any, path: str | os.PathLike[str],
 
 # --------------------------------------------------------------------------- convert
 
+#: the flow parameters that are paths
+PATH_PARAMETERS = ("cfg", "weights", "names", "out", "store", "calibration", "eval_images",
+                   "eval_annotations", "images")
+
+
 def check_convert_inputs(p: Mapping[str, Any], spell: Any = str) -> None:
     """The checks of one ``convert`` run's parameters (CLI ``parameters_from_args`` or the
     flow's own), in the order a user would fix them; ``spell`` names an option."""
+    for key in PATH_PARAMETERS:
+        if isinstance(p.get(key), str):
+            try:
+                p[key].encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"{spell(key)} {shown_path(p[key])}: the path is not valid UTF-8, "
+                                "and Prefect records every parameter as UTF-8 JSON; rename "
+                                "it (file names inside the folders may be in any encoding)"
+                                ) from None
     if p.get("out") is not None:
         writable_folder(p["out"], spell("out"))
     if p.get("store") is not None:

@@ -741,3 +741,19 @@ def test_replace_without_exchange_uses_two_renames(tmp_path: Path, monkeypatch) 
     assert (out / "model.json").read_text() == "new"
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_non_utf8_names_reach_the_report_as_text(tmp_path: Path, tiny, calib) -> None:
+    """Names inside the folders may be any bytes; report.md stays UTF-8 (the Prefect UI
+    reads it).  A parameter path itself must be UTF-8: Prefect records it as JSON."""
+    from darknet2tflite.evaluate import write_report
+    from darknet2tflite.inputs import check_convert_inputs
+    odd = os.fsdecode(b"caf\xe9")
+    write_report({"model": "m", "warnings": [f"{odd}.jpg skipped"]}, tmp_path)
+    assert "caf\\xe9.jpg skipped" in (tmp_path / "report.md").read_text(encoding="utf-8")
+    weird = tmp_path / odd
+    weird.mkdir()
+    _jpeg(weird / "a.jpg")
+    with pytest.raises(UserError, match=r"--calibration .*caf\\xe9: the path is not valid UTF-8"):
+        check_convert_inputs({"cfg": str(tiny[0]), "weights": str(tiny[1]),
+                              "calibration": str(weird)}, spell=lambda k: f"--{k}")
