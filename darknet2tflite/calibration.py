@@ -29,7 +29,7 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .cache import cache_root
 from .cfg import DarknetConfig, parse_cfg
-from .errors import InputError, shown, shown_path
+from .errors import InputError, reason, shown, shown_path
 from .images import (IMAGE_EXTENSIONS, NETWORK_CHANNELS, ImageError, check_network_channels,
                      find_images, image_walk, load_network_image, preprocess)
 
@@ -212,7 +212,7 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
             say(f"calibration: {i}/{len(paths)} images read"
                 + (f", {len(skipped)} skipped" if skipped else ""))
     if not used:
-        first = "; ".join(f"{shown(Path(f).name, 40)}: {r.rsplit(': ', 1)[-1]}"
+        first = "; ".join(f"{shown(Path(f).name, 40)}: {reason(r, f)}"
                           for f, r in skipped[:3])
         raise InputError(f"none of the {len(paths)} image file(s) under "
                          f"{shown_path(calibration_dir)} could be read as an image ({first}"

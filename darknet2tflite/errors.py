@@ -80,3 +80,9 @@ def shown_path(path: object) -> str:
     """A path in a message: escaped like :func:`shown`, cut only when absurdly long (a path
     is what the user needs to find the file; an option value is not)."""
     return shown(path, 400)
+
+
+def reason(message: str, path: object) -> str:
+    """``message`` without its leading ``"<path>: "`` (to list several files' reasons)."""
+    prefix = shown_path(path) + ": "
+    return message[len(prefix):] if message.startswith(prefix) else message

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UserError, shown, shown_path
+from .errors import InputError, UserError, reason, shown, shown_path
 
 #: a JSON input (annotations, model.json, profile, manifest) larger than this is refused
 #: unread; COCO's full val2017 instances file is 25 MB, train2017 448 MB
@@ -143,7 +143,7 @@ def check_image_folder(folder: str | os.PathLike[str], what: str) -> None:
             probe_image(p)
             return
         except UserError as e:
-            bad.append(f"{shown(p.name, 40)} ({str(e).rsplit(': ', 1)[-1]})")
+            bad.append(f"{shown(p.name, 40)} ({reason(str(e), p)})")
     exts = "/".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
     if not bad:
         raise UserError(f"{what} {shown_path(folder)}: no images ({exts}) found")

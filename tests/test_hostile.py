@@ -757,3 +757,13 @@ def test_non_utf8_names_reach_the_report_as_text(tmp_path: Path, tiny, calib) ->
     with pytest.raises(UserError, match=r"--calibration .*caf\\xe9: the path is not valid UTF-8"):
         check_convert_inputs({"cfg": str(tiny[0]), "weights": str(tiny[1]),
                               "calibration": str(weird)}, spell=lambda k: f"--{k}")
+
+
+def test_calibration_of_one_huge_png_refused_up_front_in_bounded_memory(tmp_path: Path,
+                                                                        tiny) -> None:
+    d = tmp_path / "calib"
+    d.mkdir()
+    _huge_png(d / "huge.png")
+    res, out = _convert(tiny, tmp_path)
+    refused(res, str(d), "huge.png", "20000x20000")
+    _nothing_written(tmp_path, out)
