@@ -15,7 +15,7 @@ from typing import Callable
 
 from .augment import MIRROR_BELOW
 from .channel_split import MAC_BUDGET
-from .errors import UserError, shown
+from .errors import UserError, shown, shown_path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "3")
@@ -103,14 +103,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     try:
         meta = read_tflite_metadata(model)
     except Exception:  # the flatbuffer parser's own errors on a damaged file
-        raise UserError(f"model {shown(model)}: not a readable .tflite model (truncated or "
+        raise UserError(f"model {shown_path(model)}: not a readable .tflite model (truncated or "
                         "damaged)") from None
     if meta is None:
         meta = side_meta
     if meta is None:
-        raise UserError(f"{shown(model)}: no darknet2tflite metadata in the file and no "
+        raise UserError(f"{shown_path(model)}: no darknet2tflite metadata in the file and no "
                         "model.json beside it")
-    meta = check_model_json(meta, f"{shown(model)} (embedded metadata)")
+    meta = check_model_json(meta, f"{shown_path(model)} (embedded metadata)")
     inp = meta["input"]
     try:
         rgb = load_rgb(_existing_file(args.image))   # drawn on
@@ -122,7 +122,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     try:
         interp = interpreter(model, threads=args.threads)
     except (ValueError, RuntimeError) as e:
-        raise UserError(f"model {shown(model)}: TFLite cannot load it "
+        raise UserError(f"model {shown_path(model)}: TFLite cannot load it "
                         f"({shown(' '.join(str(e).split()), 120)})") from None
     heads = run_tflite(interp, x.astype(np.float32), meta)
     # capped like evaluation: a badly trained model can put 10^5 boxes over the threshold,
