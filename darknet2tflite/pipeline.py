@@ -103,8 +103,9 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
     failed or killed run leaves nothing (or only the previous complete files) in --out.
 
     A new ``out_dir`` appears in one atomic rename, complete; an existing one is swapped for
-    the new set as a whole (:func:`swap.replace_dir`).  Temp dirs of killed runs (``.<name>.*.partial``) are removed by the
-    next run writing to the same place; those of live runs are flock-ed and left alone.
+    the new set as a whole (:func:`swap.replace_dir`).  Temp dirs of killed runs
+    (``.<name>.*.partial``) are removed by the next run writing to the same place; those of
+    live runs are flock-ed and left alone.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
