@@ -46,6 +46,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     check_model(args.cfg, args.weights, args.names)  # before TensorFlow is imported
     if args.images:
         check_image_folder(args.images, "--images")
+    from .quiet_import import import_tensorflow
+    import_tensorflow(debug=args.debug)  # its native start-up lines would precede any error
     from .pipeline import build_stage, parity_stage, staged_output
     cfg, weights = _existing_file(args.cfg), _existing_file(args.weights)
     names = _existing_file(args.names) if args.names else None
