@@ -6,7 +6,13 @@ print it without a traceback. Programming errors stay ordinary exceptions.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+
+#: characters of one value quoted in a message
+VALUE_CHARS = 80
+_LONG_WORD = re.compile(r"\S{%d,}" % (VALUE_CHARS + 1))
 
 
 class UserError(Exception):
@@ -39,18 +45,21 @@ class DarknetError(UserError):
     def _format(self) -> str:
         where = []
         if self.file:
-            where.append(self.file + (f":{self.line}" if self.line else ""))
+            where.append(shown_path(self.file) + (f":{self.line}" if self.line else ""))
         if self.section:
-            sec = f"[{self.section}]"
+            sec = f"[{shown(self.section, 40)}]"
             if self.layer is not None and self.layer >= 0:
                 sec += f" (layer {self.layer})"
             where.append(sec)
         elif self.layer is not None:
             where.append(f"layer {self.layer}")
         if self.key:
-            where.append(f"key '{self.key}'")
+            where.append(f"key '{shown(self.key, 40)}'")
         prefix = ", ".join(where)
         msg = " ".join(self.message.split())  # guarantee a single line
+        # a value quoted from the file is cut (a 100 000-character option value), and so is
+        # the whole message
+        msg = shown(_LONG_WORD.sub(lambda m: m.group(0)[:VALUE_CHARS - 1] + "…", msg), 400)
         return f"{prefix}: {msg}" if prefix else msg
 
 

@@ -767,3 +767,16 @@ def test_calibration_of_one_huge_png_refused_up_front_in_bounded_memory(tmp_path
     res, out = _convert(tiny, tmp_path)
     refused(res, str(d), "huge.png", "20000x20000")
     _nothing_written(tmp_path, out)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("activation=linear", "activation=" + "x" * 100_000),
+    ("filters=21", "filters=" + "9" * 100_000),
+    ("[yolo]", "[" + "y" * 100_000 + "]")])
+def test_long_cfg_values_are_cut_in_the_message(tmp_path: Path, old: str, new: str) -> None:
+    cfg = tmp_path / "long.cfg"
+    cfg.write_text(TINY.read_text().replace(old, new))
+    with pytest.raises(CfgError) as ei:
+        parse_cfg(cfg)
+    msg = str(ei.value)
+    assert str(cfg) in msg and "…" in msg and len(msg) < 500 and "\n" not in msg
