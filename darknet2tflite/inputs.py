@@ -373,6 +373,11 @@ def check_convert_inputs(p: Mapping[str, Any], spell: Any = str) -> None:
         check_annotations(p["eval_annotations"], spell("eval_annotations"))
     if p.get("images") is not None:
         check_image_folder(p["images"], spell("images"))
+    if p.get("calibration") is not None:
+        # the quantize stage's own split of calibration / evaluation images (annotations
+        # matching no image, one image for both roles): refused now, not after four stages
+        from .quantize import plan_images
+        plan_images(p["calibration"], p.get("eval_images"), p.get("eval_annotations"))
 
 
 # --------------------------------------------------------------------------- detect

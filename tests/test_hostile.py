@@ -780,3 +780,14 @@ def test_long_cfg_values_are_cut_in_the_message(tmp_path: Path, old: str, new: s
         parse_cfg(cfg)
     msg = str(ei.value)
     assert str(cfg) in msg and "…" in msg and len(msg) < 500 and "\n" not in msg
+
+
+def test_annotations_matching_no_image_refused_before_any_stage(tmp_path: Path, tiny,
+                                                                calib) -> None:
+    doc = {"images": [{"id": 1, "file_name": "elsewhere.jpg"}], "annotations": [],
+           "categories": [{"id": 1, "name": "cat"}]}
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(doc))
+    res, out = _convert(tiny, tmp_path, "--eval-annotations", ann, "--eval-images", calib)
+    refused(res, str(ann), "none of the 1 images")
+    _nothing_written(tmp_path, out)
