@@ -791,3 +791,14 @@ def test_annotations_matching_no_image_refused_before_any_stage(tmp_path: Path, 
     res, out = _convert(tiny, tmp_path, "--eval-annotations", ann, "--eval-images", calib)
     refused(res, str(ann), "none of the 1 images")
     _nothing_written(tmp_path, out)
+
+
+def test_names_with_byte_order_mark_and_crlf(tmp_path: Path, tiny) -> None:
+    from darknet2tflite.metadata import read_names
+    names = tmp_path / "w.names"
+    names.write_bytes(b"\xef\xbb\xbfcat\r\n\r\ndog\r\n")
+    assert read_names(names) == ["cat", "dog"]
+    check_model(*tiny, names)
+    names.write_bytes(b"cat\n\xff\xfe\n")
+    with pytest.raises(UserError, match="not UTF-8"):
+        check_model(*tiny, names)
