@@ -55,6 +55,7 @@ _CHILD = textwrap.dedent("""
     except SystemExit as e:  # argparse
         rc = e.code
     print("tensorflow imported:", "tensorflow" in sys.modules)
+    print("prefect imported:", "prefect" in sys.modules)
     sys.exit(rc)
 """)
 
@@ -89,8 +90,8 @@ def cli(*args: str, cwd: Path | None = None, read_only_root: bool = False,
 
 
 def refused(res: subprocess.CompletedProcess, *names: str, tf: bool = False) -> str:
-    """Exit 2, exactly one stderr line that names every one of ``names``; TensorFlow not
-    imported unless ``tf``."""
+    """Exit 2, exactly one stderr line that names every one of ``names``; TensorFlow and
+    Prefect not imported unless ``tf``."""
     err = res.stderr.strip()
     assert res.returncode == 2, (res.returncode, err[-2000:])
     assert len(err.splitlines()) == 1, err[-3000:]
@@ -98,8 +99,9 @@ def refused(res: subprocess.CompletedProcess, *names: str, tf: bool = False) -> 
     assert "Traceback" not in err and len(err) < 600, err
     for n in names:
         assert n in err, (n, err)
-    if not tf:
+    if not tf:  # found before any stage: neither TensorFlow nor Prefect was even imported
         assert "tensorflow imported: False" in res.stdout, res.stdout
+        assert "prefect imported: False" in res.stdout, res.stdout
     return err
 
 
