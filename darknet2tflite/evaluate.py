@@ -267,8 +267,11 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
         models[k] = Path(v)
     paths, warnings = eval_image_list(eval_images, eval_annotations, eval_limit)
     batch, paths, sizes, skipped = load_eval_images(paths, meta)
-    if skipped:
-        warnings.append(f"{len(skipped)} evaluation image(s) unreadable, skipped")
+    if skipped:  # messages "<path>: <reason>": name the first few files
+        from .errors import shown
+        first = ", ".join(shown(Path(m.split(": ", 1)[0]).name, 40) for m in skipped[:5])
+        warnings.append(f"{len(skipped)} evaluation image(s) unreadable, skipped: {first}"
+                        + (" ..." if len(skipped) > 5 else ""))
     progress(f"evaluate: {len(paths)} held-out images, models {', '.join(models)}")
     heads = {}
     for k, p in models.items():
