@@ -30,9 +30,9 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .cache import cache_root
 from .cfg import DarknetConfig, parse_cfg
-from .errors import InputError
+from .errors import InputError, reason, shown, shown_path
 from .images import (IMAGE_EXTENSIONS, NETWORK_CHANNELS, ImageError, check_network_channels,
-                     find_images, load_network_image, preprocess)
+                     find_images, image_walk, load_network_image, preprocess)
 
 __all__ = [
     "CalibrationWarning", "DEFAULT_LIMIT", "calibrate", "calibration_images", "cache_dir",
@@ -43,6 +43,8 @@ Progress = Callable[[str], None]
 DEFAULT_LIMIT = 500
 #: bump when preprocessing changes so stale caches are never reused
 CACHE_VERSION = 1
+#: how many skipped names the one warning shows (the count covers all of them)
+SHOWN_SKIPPED = 5
 
 
 class CalibrationWarning(UserWarning):
@@ -103,11 +105,13 @@ def holdout_split(paths: Sequence[Path], eval_fraction: float = 0.5, seed: int =
 
 
 def calibration_images(folder: str | os.PathLike[str], limit: int | None = DEFAULT_LIMIT,
-                       exclude: Iterable[str | os.PathLike[str]] = (), seed: int = 0
-                       ) -> list[Path]:
+                       exclude: Iterable[str | os.PathLike[str]] = (), seed: int = 0,
+                       skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """Image files under ``folder`` (recursive jpg/jpeg/png/bmp), minus ``exclude``, in a
     seeded shuffled order, at most ``limit``. Shuffling before the limit keeps a limited
-    subset representative of the whole folder rather than of its first sub-folder."""
+    subset representative of the whole folder rather than of its first sub-folder.
+    ``skipped`` (when given) receives the names the walk passed over (FIFOs, dangling
+    links, directory symlinks) with the reason."""
     root = Path(folder)
     if not root.exists():
         raise InputError(f"calibration folder {root} does not exist")
@@ -116,6 +120,9 @@ def calibration_images(folder: str | os.PathLike[str], limit: int | None = DEFAU
     if limit is not None and limit < 1:
         raise InputError(f"calibration limit must be >= 1, got {limit}")
     skip = {os.path.realpath(p) for p in exclude}
+    walk = image_walk(root)
+    if skipped is not None:
+        skipped.extend((str(p), f"{shown_path(p)}: {why}") for p, why in walk.skipped)
     paths = [p for p in find_images(root, limit=None, seed=seed)
              if os.path.realpath(p) not in skip]
     if not paths:
@@ -165,7 +172,8 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
     cfg = _as_cfg(cfg)
     say = progress or (lambda _m: None)
     check_network_channels(cfg.channels, f"{cfg.path}: ")
-    paths = calibration_images(calibration_dir, limit, exclude, seed)
+    walk_skipped: list[tuple[str, str]] = []
+    paths = calibration_images(calibration_dir, limit, exclude, seed, walk_skipped)
     key = _cache_key(cfg, paths)
     if out_npy is None:
         folder = cache_dir()
@@ -192,7 +200,7 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
         f"({cfg.width}x{cfg.height}, Darknet {mode} resize)")
     arr = np.empty((len(paths), cfg.height, cfg.width, cfg.channels), np.float32)
     used: list[str] = []
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(walk_skipped)
     t_read = time.perf_counter()
     for i, p in enumerate(paths, 1):
         try:
@@ -207,9 +215,11 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
                 + (f", {len(skipped)} skipped" if skipped else "")
                 + f" ({i / max(time.perf_counter() - t_read, 1e-9):.1f} images/s)")
     if not used:
-        shown = "; ".join(f"{Path(f).name}: {r.split(': ', 1)[-1]}" for f, r in skipped[:5])
-        raise InputError(f"none of the {len(paths)} image file(s) under {calibration_dir} "
-                         f"could be read as an image ({shown}{' ...' if len(skipped) > 5 else ''})")
+        first = "; ".join(f"{shown(Path(f).name, 40)}: {reason(r, f)}"
+                          for f, r in skipped[:3])
+        raise InputError(f"none of the {len(paths)} image file(s) under "
+                         f"{shown_path(calibration_dir)} could be read as an image ({first}"
+                         f"{' ...' if len(skipped) > 3 else ''})")
     if skipped:
         _warn_skipped(skipped, say)
     arr = arr[:len(used)]
@@ -224,8 +234,9 @@ def calibrate(cfg: DarknetConfig | str | os.PathLike[str], calibration_dir: str 
 
 
 def _warn_skipped(skipped: list[tuple[str, str]], say: Progress) -> None:
-    names = ", ".join(Path(f).name for f, _ in skipped)
-    msg = f"calibration: skipped {len(skipped)} unreadable image(s): {names}"
+    names = ", ".join(shown(Path(f).name, 40) for f, _ in skipped[:SHOWN_SKIPPED])
+    more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+    msg = f"calibration: skipped {len(skipped)} unusable image file(s): {names}{more}"
     say(msg)
     warnings.warn(msg, CalibrationWarning, stacklevel=3)
 

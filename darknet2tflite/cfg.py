@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Callable
 
 from .errors import CfgError
@@ -261,9 +262,19 @@ def _net(r: _Reader) -> dict[str, Any]:
     return dict(
         width=r.int("width", lo=1, hi=MAX_SPATIAL),
         height=r.int("height", lo=1, hi=MAX_SPATIAL),
-        channels=r.int("channels", 3, lo=1, hi=4),
+        channels=_net_channels(r),
         letter_box=r.int("letter_box", 0, lo=0, hi=1),
     )
+
+
+def _net_channels(r: _Reader) -> int:
+    """Images reach a network only as RGB (3) or Darknet grey (1); any other count is refused
+    here, at parse time, rather than after the model was built."""
+    c = r.int("channels", 3, lo=1, hi=4)
+    if c not in (1, 3):
+        raise r.s.error(f"channels={c}: images can only be fed as RGB (channels=3) or grey "
+                        "(channels=1)", "channels")
+    return c
 
 
 def _activation(r: _Reader, default: str) -> str:
@@ -402,9 +413,12 @@ def _region(r: _Reader) -> dict[str, Any]:
 
 def _decode_lines(path: Path) -> list[str]:
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        size = st.st_size
     except OSError as e:
         raise CfgError(f"cannot read cfg: {e.strerror}", file=path) from None
+    if not S_ISREG(st.st_mode):  # a FIFO would block the read forever
+        raise CfgError("not a regular file", file=path)
     if size > MAX_CFG_BYTES:
         raise CfgError(f"file is {size} bytes; a Darknet cfg is never larger than "
                        f"{MAX_CFG_BYTES} bytes", file=path)
@@ -499,4 +513,6 @@ def parse_cfg(path: str | Path) -> DarknetConfig:
     cfg = DarknetConfig(path=path, net=sections[0], layers=sections[1:])
     from .shapes import infer_shapes  # late import: shapes needs the types above
     infer_shapes(cfg)
+    from .bounds import check_cfg
+    check_cfg(cfg)  # layers, input size, parameters (README: Limits), before anything is built
     return cfg

@@ -16,7 +16,7 @@ from typing import Callable
 from .augment import MIRROR_BELOW
 from .channel_split import MAC_BUDGET
 from .console import echo
-from .errors import UserError
+from .errors import UserError, shown, shown_path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "3")
@@ -43,6 +43,13 @@ def _existing_file(p: str) -> Path:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from .inputs import check_image_folder, check_model, writable_folder
+    writable_folder(args.out, "--out")
+    check_model(args.cfg, args.weights, args.names)  # before TensorFlow is imported
+    if args.images:
+        check_image_folder(args.images, "--images")
+    from .quiet_import import import_tensorflow
+    import_tensorflow(debug=args.debug)  # its native start-up lines would precede any error
     from .pipeline import build_stage, parity_stage, staged_output
     cfg, weights = _existing_file(args.cfg), _existing_file(args.weights)
     names = _existing_file(args.names) if args.names else None
@@ -81,25 +88,33 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
+
+    from .inputs import check_detect_inputs
+    side_meta = check_detect_inputs(args.model, args.image, args.out)  # before TensorFlow
+    from .quiet_import import import_tensorflow
+    import_tensorflow(debug=args.debug)
 
     from .decode import decode_heads
     from .draw import draw_detections, save_image
     from .evaluate import MAX_PER_CLASS
     from .export import interpreter, run_tflite
     from .images import ImageError, load_network_image, load_rgb, preprocess
+    from .inputs import check_model_json
     from .metadata import read_tflite_metadata
 
-    model = _existing_file(args.model)
-    meta = read_tflite_metadata(model)
-    side = model.with_name("model.json")
-    if meta is None and side.is_file():
-        meta = json.loads(side.read_text())
+    model = Path(args.model)
+    try:
+        meta = read_tflite_metadata(model)
+    except Exception:  # the flatbuffer parser's own errors on a damaged file
+        raise UserError(f"model {shown_path(model)}: not a readable .tflite model (truncated or "
+                        "damaged)") from None
     if meta is None:
-        raise UserError(f"{model}: no darknet2tflite metadata in the file and no model.json "
-                        "beside it")
+        meta = side_meta
+    if meta is None:
+        raise UserError(f"{shown_path(model)}: no darknet2tflite metadata in the file and no "
+                        "model.json beside it")
+    meta = check_model_json(meta, f"{shown_path(model)} (embedded metadata)")
     inp = meta["input"]
     try:
         rgb = load_rgb(_existing_file(args.image))   # drawn on
@@ -108,7 +123,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     except ImageError as e:
         raise UserError(str(e)) from None
     x = preprocess(pixels, inp["width"], inp["height"], bool(inp["letter_box"]))[None]
-    heads = run_tflite(interpreter(model, threads=args.threads), x.astype(np.float32), meta)
+    try:
+        interp = interpreter(model, threads=args.threads)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"model {shown_path(model)}: TFLite cannot load it "
+                        f"({shown(' '.join(str(e).split()), 120)})") from None
+    heads = run_tflite(interp, x.astype(np.float32), meta)
     # capped like evaluation: a badly trained model can put 10^5 boxes over the threshold,
     # and NMS over all of them would take minutes to draw an unreadable picture
     dets = decode_heads(heads, meta, rgb.shape[1], rgb.shape[0], conf_thresh=args.conf,
@@ -172,8 +192,16 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
                         "scheduler address tcp://host:8786 (same as $DARKNET2TFLITE_TASK_RUNNER)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option value is one line with the value cut (argparse would print
+    the usage and echo a 4-million-character value whole)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"darknet2tflite: error: {shown(message, 200)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="darknet2tflite", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="darknet2tflite", description=__doc__.splitlines()[0])
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     ap.add_argument("--quiet", action="store_true", help="no progress messages")
     sub = ap.add_subparsers(dest="command", required=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .inputs import check_convert_inputs
 from .options import check as check_options, cli_flag, variant_list
 
 # A copy of tasks._common.STAGES, so a bad --from-stage fails before Prefect and TensorFlow
@@ -82,7 +83,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         raise UserError("--eval-annotations needs --eval-images (the annotated images)")
     check_options(vars(args), spell=cli_flag, error=UserError)
     variants = variant_list(args.variants)
-    return {
+    params = {
         "cfg": _file(args.cfg, "cfg"),
         "weights": _file(args.weights, "weights"),
         "out": output_dir(args.out, "--out"),
@@ -101,6 +102,8 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         "store": output_dir(args.store, "--store"),
         "from_stage": args.from_stage,
     }
+    check_convert_inputs(params, spell=lambda k: k if k in ("cfg", "weights") else cli_flag(k))
+    return params
 
 
 class _NoUserErrorTracebacks(logging.Filter):

@@ -19,9 +19,11 @@ wrote meanwhile; a missing or damaged file is just an empty cache.
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import json
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -71,7 +73,12 @@ def hash_file(path: str | os.PathLike[str], sync: bool = False) -> tuple[str, in
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
     size = 0
-    with open(path, "rb", buffering=0) as f:
+    # O_NONBLOCK + fstat: a name swapped for a FIFO after the caller's stat must not block
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with open(fd, "rb", buffering=0) as f:
         while True:
             n = f.readinto(buf)
             if not n:

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ Progress = Callable[[str], None]
 #: Darknet's detector map uses thresh .005 and nms .45 for AP
 AP_CONF_THRESH = 0.005
 NMS_THRESH = 0.45
+#: characters of an image's name not kept in its report picture's name
+_UNSAFE_IN_NAME = re.compile(r"[^\w .-]")
 #: detections drawn in the report images
 DRAW_CONF_THRESH = 0.25
 #: the per-layer error chart, relative to the report folder
@@ -266,8 +269,11 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
         models[k] = Path(v)
     paths, warnings = eval_image_list(eval_images, eval_annotations, eval_limit)
     batch, paths, sizes, skipped = load_eval_images(paths, meta)
-    if skipped:
-        warnings.append(f"{len(skipped)} evaluation image(s) unreadable, skipped")
+    if skipped:  # messages "<path>: <reason>": name the first few files
+        from .errors import shown
+        first = ", ".join(shown(Path(m.split(": ", 1)[0]).name, 40) for m in skipped[:5])
+        warnings.append(f"{len(skipped)} evaluation image(s) unreadable, skipped: {first}"
+                        + (" ..." if len(skipped) > 5 else ""))
     progress(f"evaluate: {len(paths)} held-out images, models {', '.join(models)}")
     heads = {}
     t0 = time.perf_counter()
@@ -310,7 +316,9 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
                 d = detect([h[i:i + 1] for h in heads[k]], meta, [sizes[i]], DRAW_CONF_THRESH)[0]
                 panels.append(captioned(draw_detections(rgb, d, meta.get("names")), k))
             gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
-            fname = f"{p.stem}_float32_vs_int8.png"
+            # \w keeps any letter; bytes that are not UTF-8 (surrogate escapes) become "_",
+            # so the name can be written into report.md and the Prefect UI
+            fname = _UNSAFE_IN_NAME.sub("_", p.stem) + "_float32_vs_int8.png"
             save_image(img_dir / fname, np.concatenate([panels[0], gap, panels[1]], axis=1))
             drawn.append(f"report_images/{fname}")
         report["drawn"] = drawn
@@ -506,7 +514,9 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path,
         L.append("")
     for w in ev.get("warnings", []) + list(report.get("warnings", [])):
         L.append(f"> warning: {w}")
-    atomic_write_bytes(out / "report.md", ("\n".join(L) + "\n").encode())
+    text = "\n".join(L) + "\n"  # file names that are not UTF-8 shown as \xNN
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    atomic_write_bytes(out / "report.md", text.encode())
     arts = {"report_json": out / "report.json", "report_md": out / "report.md"}
     if (out / LAYER_CHART).is_file():
         arts[f"image:{LAYER_CHART}"] = out / LAYER_CHART

@@ -16,10 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-import cv2
-import numpy as np
+# a backstop for formats whose header imagefile.py does not parse (set before cv2 loads)
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
-from .errors import InputError
+from .errors import InputError, shown_path  # noqa: E402
+from .imagefile import check_image_bytes, read_image_bytes  # noqa: E402
+from .walk import Walk, regular_files  # noqa: E402
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -61,16 +65,16 @@ def find_images(folder: str | os.PathLike[str], limit: int | None = 500, seed: i
         return [root] if root.suffix.lower() in IMAGE_EXTENSIONS else []
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    found: list[Path] = []
-    # os.walk without following symlinked directories: cannot loop forever on a cyclic link.
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in filenames:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / name)
+    found = image_walk(root).files
     found.sort(key=lambda p: p.relative_to(root).as_posix())
     random.Random(seed).shuffle(found)
     return found if limit is None else found[:limit]
+
+
+def image_walk(folder: str | os.PathLike[str]) -> Walk:
+    """Image files (by extension) under ``folder`` and what was skipped on the way (FIFOs,
+    dangling links, directory symlinks: see walk.py for the policy)."""
+    return regular_files(folder, IMAGE_EXTENSIONS)
 
 
 def _to_uint8(img: np.ndarray, path: Path) -> np.ndarray:
@@ -117,12 +121,17 @@ def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
 
 def _read(p: Path, flags: int) -> np.ndarray:
     try:
-        img = cv2.imread(str(p), flags)
+        data = read_image_bytes(p)
+        check_image_bytes(data, p)
+    except InputError as exc:
+        raise ImageError(str(exc)) from None
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as exc:  # some decoders raise instead of returning None
-        raise ImageError(f"{p}: cannot decode image ({str(exc).strip().splitlines()[-1]})") from exc
+        raise ImageError(f"{shown_path(p)}: cannot decode image "
+                         f"({str(exc).strip().splitlines()[-1]})") from exc
     if img is None or img.size == 0:
-        reason = "file not found" if not p.exists() else "not a readable image (corrupt or unsupported format)"
-        raise ImageError(f"{p}: {reason}")
+        raise ImageError(f"{shown_path(p)}: not a readable image (corrupt or unsupported format)")
     return _to_uint8(img, p)
 
 
@@ -237,6 +246,10 @@ def _resize(img01: np.ndarray, width: int, height: int, method: ResizeMethod) ->
     raise ValueError(f"unknown resize method {method!r} (expected 'darknet' or 'opencv')")
 
 
+#: float32(byte / 255.0 computed in double), for every byte value
+_UNIT_LUT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
 def preprocess(
     rgb_uint8: np.ndarray,
     width: int,
@@ -258,7 +271,9 @@ def preprocess(
     if rgb_uint8.ndim != 3 or rgb_uint8.shape[2] not in NETWORK_CHANNELS:
         raise ValueError(f"preprocess expects HxWx3 RGB or HxWx1 grey, got shape {rgb_uint8.shape}")
     # Darknet computes (float)(byte / 255.) in double, then stores a float.
-    img01 = (rgb_uint8.astype(np.float64) / 255.0).astype(np.float32)
+    # through a 256-entry table: the same float32 values without a float64 copy of the image
+    img01 = _UNIT_LUT[rgb_uint8] if rgb_uint8.dtype == np.uint8 else \
+        (rgb_uint8.astype(np.float64) / 255.0).astype(np.float32)
     if not letter_box:
         out = _resize(img01, width, height, method)
     else:

@@ -11,6 +11,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .bounds import graph_recursion
+
+# Every Keras model this package builds or loads registers these layers first, so this is the
+# one place that lets Keras walk graphs of up to bounds.MAX_LAYERS layers (RecursionError at
+# ~900 layers with Python's default limit).
+graph_recursion()
+
 PACKAGE = "darknet2tflite"
 FLT_MAX = float(np.finfo(np.float32).max)
 

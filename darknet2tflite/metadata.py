@@ -23,7 +23,7 @@ def head_output_name(sec) -> str:
 def read_names(path: str | Path | None) -> list[str] | None:
     if path is None:
         return None
-    names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8-sig").splitlines()]
     return [n for n in names if n]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, shown
 
 VARIANTS = ("float16", "dynamic", "int16x8")
 INPUT_TYPES = ("uint8", "int8")
@@ -76,8 +76,8 @@ def check(values: Mapping[str, Any], spell: Callable[[str], str] = str,
     if bad:
         name, why = bad[0]
         v = values[name]
-        shown = ",".join(variant_list(v)) if name == "variants" else v
-        raise error(f"{spell(name)} {shown}: {why}")
+        value = ",".join(variant_list(v)) if name == "variants" else v
+        raise error(f"{spell(name)} {shown(value)}: {shown(why, 200)}")
 
 
 def cli_flag(name: str) -> str:

@@ -88,6 +88,8 @@ class Profile:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], origin: str = "<profile>") -> "Profile":
+        from .inputs import check_profile_fields
+        check_profile_fields(d, origin, ProfileError)  # JSON types, before they are used
         try:
             conv = d["converter"]
             if conv not in ("int8", "float"):

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .digests import file_digest, hash_file
+from .walk import tree_entries
 
 __all__ = [
     "PIPELINE_VERSION",
@@ -89,21 +90,10 @@ def _tree_digest(root: Path) -> str:
     empty dir (e.g. a SavedModel's ``assets/``) also changes the key.
     """
     h = hashlib.sha256()
-    entries: list[tuple[str, str, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        base = Path(dirpath)
-        for d in dirnames:
-            full = base / d
-            rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                # A symlinked dir is not walked (cycles); hash what it points at as a tree.
-                entries.append(("L", rel, _tree_digest(full.resolve(strict=True))))
-            else:
-                entries.append(("d", rel, ""))
-        for fn in filenames:
-            full = base / fn
-            entries.append(("f", full.relative_to(root).as_posix(), file_digest(full)))
+    # regular files only are opened (a FIFO would block forever); symlinked dirs are hashed
+    # as trees without looping (darknet2tflite/walk.py)
+    entries = [(kind, rel, file_digest(path) if path is not None else "")
+               for kind, rel, path in tree_entries(root)]
     for kind, rel, digest in sorted(entries, key=lambda e: e[1]):
         h.update(f"{kind}\0{rel}\0{digest}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 
+from .bounds import check_weight_values
 from .cfg import DarknetConfig, Section
 from .errors import WeightsError
 
@@ -59,6 +61,8 @@ def _seen_is_64bit(major: int, minor: int) -> bool:
 def read_weights(path: str | Path, cfg: DarknetConfig) -> DarknetWeights:
     path = Path(path)
     try:
+        if not S_ISREG(path.stat().st_mode):  # a FIFO would block the read forever
+            raise WeightsError("not a regular file", file=path)
         data = path.read_bytes() if path.stat().st_size <= expected_size(cfg) + 64 else None
     except OSError as e:
         raise WeightsError(f"cannot read weights: {e.strerror}", file=path) from None
@@ -100,9 +104,7 @@ def read_weights(path: str | Path, cfg: DarknetConfig) -> DarknetWeights:
         arrays["weights"] = arrays["weights"].reshape(
             p["filters"], p["in_shapes"][0][2] // p["groups"], p["size"], p["size"])
         for name, arr in arrays.items():
-            if not np.all(np.isfinite(arr)):
-                raise WeightsError(f"conv layer {sec.index} has non-finite {name} values",
-                                   file=path, layer=sec.index)
+            check_weight_values(name, arr, path, sec.index)  # finite, within bounds.py
         if p["batch_normalize"] and np.any(arrays["rolling_variance"] < 0):
             raise WeightsError(f"conv layer {sec.index} has negative batch-norm variance "
                                "(weights for a different cfg?)", file=path, layer=sec.index)

@@ -85,7 +85,8 @@ def _from_manifest(path: Path, defaults: dict[str, Any]) -> list[dict[str, Any]]
         raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     file_defaults: dict[str, Any] = {}
     if isinstance(doc, dict):
-        file_defaults = doc.get("defaults") or {}
+        from darknet2tflite.inputs import check_manifest_defaults
+        file_defaults = check_manifest_defaults(doc.get("defaults"), path, MODEL_KEYS)
         doc = doc.get("models")
     if not isinstance(doc, list) or not doc:
         raise ValueError(f"{path}: expected a list of models (or a mapping with 'models:')")

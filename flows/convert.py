@@ -73,6 +73,8 @@ def _check_inputs(p: dict[str, Any]) -> None:
         raise UserError("eval_annotations need eval_images")
     from tasks.quantize import check_backend
     check_backend(p.get("backend"))
+    from darknet2tflite.inputs import check_convert_inputs
+    check_convert_inputs(p)  # the CLI's entry checks, for runs started from the UI
 
 
 @flow(name="convert", flow_run_name=_run_name, task_runner=make_task_runner(),
