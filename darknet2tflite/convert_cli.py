@@ -69,6 +69,8 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         raise UserError("--eval-annotations needs --eval-images (the annotated images)")
     check_options(vars(args), spell=cli_flag, error=UserError)
     variants = variant_list(args.variants)
+    from .targets import check_spec
+    targets = check_spec(getattr(args, "target", None), getattr(args, "npu_only", False))
     return {
         "cfg": _file(args.cfg, "cfg"),
         "weights": _file(args.weights, "weights"),
@@ -87,6 +89,9 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         "images": _dir(args.images, "--images"),
         "store": output_dir(args.store, "--store"),
         "from_stage": args.from_stage,
+        "target": ",".join(targets),
+        "allow_approximate": ",".join(variant_list(getattr(args, "allow_approximate", ""))),
+        "npu_only": bool(getattr(args, "npu_only", False)),
     }
 
 
