@@ -55,7 +55,8 @@ def _pipeline_summary(p: Mapping[str, Any]) -> dict[str, Any]:
                                     for r in (probe.get("before") or {}).get("rows", [])
                                     if r["status"] != "ok"]},
         "rewrites": [{"name": r["name"], "layers": r.get("applied_layers", []),
-                      "exact": r.get("exact"), "max_rel": r.get("max_rel")} for r in rewrites],
+                      "exact": r.get("exact"), "max_rel": r.get("max_rel"),
+                      "max_abs": r.get("max_abs")} for r in rewrites],
     }
 
 
@@ -81,7 +82,8 @@ def _pipeline_markdown(s: Mapping[str, Any]) -> str:
     for r in s["rewrites"]:
         dev = f", float max_rel {r['max_rel']:.1e}" if r.get("max_rel") is not None else ""
         L.append(f"- rewrite {r['name']} on layers {r['layers']}"
-                 f"{' (exact' + dev + ')' if r.get('exact') else ''}")
+                 f"{' (exact' + dev + ')' if r.get('exact') else ''}"
+                 f"{' (APPROXIMATE' + dev + ', allowed by --allow-approximate)' if r.get('exact') is False else ''}")
     return "\n".join(L) + "\n"
 
 

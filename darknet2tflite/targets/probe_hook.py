@@ -11,7 +11,7 @@ from typing import Iterator
 from . import layer_check
 
 CPU_FALLBACK = "CPU fallback"
-_OPCODE = re.compile(r"opcode '([A-Z0-9_]+)'")
+_OPCODE = re.compile(r"opcode '([A-Z0-9_]+)'|Node ([A-Z0-9_]+) \(number")
 
 
 def tool_verdict(profile_name: str, model: bytes) -> Iterator[tuple[str, str, list[str]]]:
@@ -24,7 +24,8 @@ def tool_verdict(profile_name: str, model: bytes) -> Iterator[tuple[str, str, li
     if v is None:
         return
     if not v.runs:
-        yield UNSUPPORTED, f"{profile_name}: {v.reason}", _OPCODE.findall(v.reason)
+        yield (UNSUPPORTED, f"{profile_name}: {v.reason}",
+               [a or b for a, b in _OPCODE.findall(v.reason)])
     elif v.cpu_ops:
         yield (DEGRADED, f"{CPU_FALLBACK} on {profile_name}: {', '.join(v.cpu_ops)} run on the "
                f"CPU ({v.reason})" if v.reason else
