@@ -225,3 +225,38 @@ def test_cli_target_errors_are_one_line(capsys):
     assert main(args + ["--target", "tflm", "--npu-only"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--npu-only needs an Ethos-U target" in err[0]
+
+
+def test_targets_are_flow_deployment_and_batch_parameters():
+    from flows.batch import MODEL_KEYS
+    from flows.deployments import build_deployments
+    conv = next(d for d in build_deployments() if d.name == "convert")
+    props = conv.parameter_openapi_schema["properties"]
+    assert props["target"]["default"] == "cpu"
+    assert {"allow_approximate", "npu_only"} <= set(props)
+    assert {"target", "allow_approximate", "npu_only"} <= set(MODEL_KEYS)
+
+
+def test_npu_cpu_fallback_is_reported_refused_with_npu_only_and_avoided_by_rewrites(tmp_path):
+    """Vela leaves [reorg]'s default lowering (GATHER) to the CPU: the probe says so per layer,
+    --npu-only turns it into the one-line refusal, and the exact reorg rule, chosen because
+    the target's own compiler prefers it, keeps the layer on the NPU."""
+    from darknet2tflite.probe import probe, probe_with_rewrites
+    from darknet2tflite.targets import probe_profiles
+    from darknet2tflite.targets.requirements import unmet
+    from test_rewrites import cfg_text
+    cfg = tmp_path / "reorg.cfg"
+    cfg.write_text(cfg_text("\n[reorg]\nstride=2\n"))
+    target = "ethos-u55-256"
+    plain = probe(cfg, None, probe_profiles(target))
+    res = plain.rows[1].results[target]
+    assert plain.rows[1].section == "reorg" and res.status == "degraded"
+    assert "CPU fallback on ethos-u55-256: GATHER" in res.reason and "GATHER" in res.offending
+    doc = {"after": plain.to_dict()}
+    assert unmet(doc, target) is None  # reported, not refused
+    msg = unmet(doc, target, npu_only=True)
+    assert msg == ("target ethos-u55-256 cannot be met: layer 1 [reorg] (ops GATHER): "
+                   "CPU fallback refused by --npu-only")
+    _, after, applied = probe_with_rewrites(cfg, None, probe_profiles(target))
+    assert [a.name for a in applied] == ["reorg"] and after.ok
+    assert unmet({"after": after.to_dict()}, target, npu_only=True) is None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from . import get_target, target_list
+from . import get_target, is_legacy_profile, target_list
 
 
 def _cpu_accuracy(evaluation: Mapping[str, Any]) -> dict[str, Any]:
@@ -26,6 +26,8 @@ def deployment(targets: str | Sequence[str], evaluation: Mapping[str, Any],
     ref_acc = (verify or {}).get("accuracy_reference")
     out = []
     for name in target_list(targets):
+        if is_legacy_profile(name):  # a probe profile without a device: nothing deployed
+            continue
         t = get_target(name)
         if t.name == "cpu":
             out.append({"target": "cpu", "runs": True, "tool": t.tool(),
