@@ -7,7 +7,8 @@ DAG (each name a cached stage task, see tasks/)::
            └─> probe ──> rewrite ─┬─> quantize int8 ─┬─> quantize int8 fold 2 ─┐
                                   │                  └─────────────────────────┼─> evaluate ─> report ─> deliver
                                   └─> quantize float16/... ────────────────────┘
-        (fold 2: only when evaluation photos are calibration photos; variants: --variants)
+        (fold 2: only when evaluation photos are calibration photos; variants: --variants;
+         verify, beside evaluate and before report: only for tflm / Ethos-U --target)
 
 (``deliver`` copies the deliverables from the store into ``out``; it is never cached.)
 
@@ -224,17 +225,16 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                                    eval_annotations=eval_annotations,
                                    wait_for=[f for k, f in futures.items()
                                              if k.startswith("quantize")], **kw)
-    results["evaluate"] = futures["evaluate"].result()
-
-    from darknet2tflite.targets import target_list
-    if target_list(target) != ["cpu"] and not all(
-            n in ("int8", "float") or n.endswith(".json") for n in target_list(target)):
+    from darknet2tflite.targets import verified_targets
+    if verified_targets(target):  # tflm / Ethos-U: their own tools, beside evaluate
         from tasks.verify import verify as verify_task
         t, kw = stage(verify_task, "evaluate")  # --from-stage: verify belongs to evaluate
         futures["verify"] = t.submit(target=target, quantize=results["quantize"],
                                      rewrite=results["rewrite"],
                                      eval_annotations=eval_annotations, npu_only=npu_only,
                                      wait_for=[futures["quantize"]], **kw)
+    results["evaluate"] = futures["evaluate"].result()
+    if "verify" in futures:
         results["verify"] = futures["verify"].result()
 
     t, kw = stage(report_task, "report")

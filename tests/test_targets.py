@@ -3,7 +3,7 @@ proven by the targets' own tools (the tflite-micro interpreter, Vela), a target 
 be met refused before quantization, and the probe's tflm op list checked against TFLite
 Micro itself on every layer signature of every cfg in cfg/.
 
-The two real conversions (yolov4-tiny, yolov3-tiny; 8 sample photos to calibrate, 8 COCO
+The two real conversions (yolov4-tiny, yolov3-tiny; the 8 sample photos to calibrate, 4 COCO
 photos with annotations to evaluate) are session fixtures shared by the tests."""
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import flows  # noqa: F401  (Prefect env defaults)
 from conftest import CFG_DIR, shared_path
 
 TARGETS = "tflm,ethos-u55-256"
+EVAL_PHOTOS = 4
 MISH_BODY = "\n[convolutional]\nbatch_normalize=1\nfilters=32\nsize=3\nstride=1\npad=1\n" \
             "activation=mish\n"
 
@@ -30,11 +31,11 @@ def twork(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def coco8(twork) -> tuple[Path, Path]:
-    """8 annotated COCO photos to evaluate on (the calibration photos are the samples)."""
+    """A few annotated COCO photos to evaluate on (the calibration photos are the samples)."""
     coco = shared_path("images", "coco")
     ev = twork / "eval"
     ev.mkdir()
-    for p in sorted(coco.glob("*.jpg"))[:8]:
+    for p in sorted(coco.glob("*.jpg"))[:EVAL_PHOTOS]:
         shutil.copyfile(p, ev / p.name)
     return ev, coco / "instances.json"
 
@@ -55,7 +56,8 @@ def converted(prefect_server, twork, coco8, yolov4_tiny, yolov3_tiny) -> dict[st
         state = run_flow(dict(cfg=str(cfg), weights=str(weights), out=str(out),
                               calibration=str(samples), eval_images=str(ev),
                               eval_annotations=str(ann), names=str(CFG_DIR / "coco.names"),
-                              store=str(twork / "store"), target=TARGETS, name=name))
+                              store=str(twork / "store"), target=TARGETS, name=name,
+                              calibration_mirror=0))
         assert state.is_completed(), state.message
         outs[name] = out
     return outs
@@ -72,7 +74,7 @@ def test_converted_model_runs_in_tflite_micro_like_the_reference_kernels(convert
     tflm = _deployment(out)["tflm"]
     assert tflm["runs"] is True
     assert tflm["tool"]["name"] == "tflite-micro" and tflm["tool"]["version"]
-    assert tflm["max_step_difference"] <= 1 and tflm["images"] == 8
+    assert tflm["max_step_difference"] <= 1 and tflm["images"] == EVAL_PHOTOS
     # the reported arena is the smallest that works: TFLite Micro itself agrees
     from darknet2tflite.targets.tflm import load
     data = (out / "model.int8.tflite").read_bytes()
@@ -109,7 +111,7 @@ def test_accuracy_reported_with_the_targets_arithmetic(converted, model):
     dep = _deployment(out)
     for name in ("tflm", "ethos-u55-256"):
         acc = dep[name]["accuracy"]
-        assert acc["arithmetic"] == "reference" and acc["images"] == 8
+        assert acc["arithmetic"] == "reference" and acc["images"] == EVAL_PHOTOS
         assert 0 < acc["AP50"] <= 100 and 0 < acc["AP"] <= acc["AP50"]
         assert 0 < acc["xnnpack"]["AP50"] <= 100
     md = (out / "report.md").read_text()

@@ -122,6 +122,13 @@ def is_legacy_profile(name: str) -> bool:
     return name == "float" or name.endswith(".json")
 
 
+def verified_targets(spec: str | Sequence[str] | None) -> list[str]:
+    """The requested targets with a tool of their own to verify on (not ``cpu``, whose
+    interpreter the evaluate stage already runs, nor bare probe profiles)."""
+    return [n for n in target_list(spec) if not is_legacy_profile(n)
+            and LEGACY_PROFILES.get(n, n) != "cpu"]
+
+
 def probe_profiles(spec: str | Sequence[str] | None) -> list[Any]:
     """The probe profiles for the requested targets, one per target and named after it, so
     the probe's per-target verdicts and the layer checks of the target's tool line up."""

@@ -20,6 +20,7 @@ from ._runtime import captured_stderr, first_reason, step_difference
 #: arena granularity of the bisection (TFLM aligns allocations to 16 bytes)
 ARENA_STEP = 16
 PROBE_ARENA = 8 << 20
+MAX_ARENA = 4 << 30
 
 
 def _interpreter(model: bytes, arena: int) -> Any:
@@ -63,6 +64,11 @@ def run(it: Any, inputs: Sequence[np.ndarray], n_outputs: int) -> list[list[np.n
     return res
 
 
+def _short_of_memory(why: str) -> bool:
+    return any(w in why for w in ("Failed to resize buffer", "Failed to allocate",
+                                  "Unable to allocate"))
+
+
 def _n_outputs(model: bytes) -> int:
     from ._runtime import reference_interpreter
     return len(reference_interpreter(model).get_output_details())
@@ -98,6 +104,9 @@ class TflmTarget:
                reference: Sequence[Sequence[np.ndarray]] | None) -> dict[str, Any]:
         upper = max(PROBE_ARENA, 4 * len(model))
         it, why = load(model, upper)
+        while it is None and _short_of_memory(why) and upper < MAX_ARENA:
+            upper *= 2  # big feature maps: find an arena that works before bisecting
+            it, why = load(model, upper)
         if it is None:
             return {"runs": False, "reason": f"TFLite Micro refuses the model: {why}"}
         t0 = time.perf_counter()

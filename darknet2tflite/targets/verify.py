@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import TargetError, parse_targets
+from . import TargetError, parse_targets, verified_targets
 from ._runtime import quantized_inputs, run_reference
 
 #: images the device runs are compared on (TFLite Micro runs a yolov4-tiny image in seconds)
@@ -63,7 +63,7 @@ def verify_targets(targets: str | Sequence[str], int8_tflite: str | Path,
     from ..quantize import output_layer_map
     out = Path(out_dir)
     model = Path(int8_tflite).read_bytes()
-    wanted = [t for t in parse_targets(targets) if t.name != "cpu"]
+    wanted = parse_targets(verified_targets(targets))
     paths = [Path(p) for p in eval_paths]
     batch, kept, _, _ = load_eval_images(paths[:compare_images], meta)
     inputs = quantized_inputs(model, batch)
