@@ -57,6 +57,12 @@ def rows(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
             check = (f"max {e['max_step_difference']} int8 step(s) from reference kernels "
                      f"on {e.get('images')} images; arena {e['arena_bytes'] / 1024:.1f} KiB"
                      if e.get("runs") and "arena_bytes" in e else e.get("reason", "-"))
+            fd = e.get("first_divergence")
+            if fd:
+                check += (f" (first divergence: {fd['op']} of layer {fd['layer']}, "
+                          f"{fd['max_step_difference']} step on "
+                          f"{100 * fd['fraction_differing']:.4f} % of its elements, "
+                          "amplified by the layers after it)")
         else:
             if e.get("runs"):
                 cpu = e.get("cpu_ops") or []

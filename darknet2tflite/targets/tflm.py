@@ -74,6 +74,47 @@ def _n_outputs(model: bytes) -> int:
     return len(reference_interpreter(model).get_output_details())
 
 
+def first_divergence(model: bytes, x: np.ndarray, arena: int) -> dict[str, Any] | None:
+    """The first op (execution order) whose output differs between TFLite Micro and the
+    reference kernels on input ``x``, with every earlier tensor identical: so its step
+    difference is the two kernels' own rounding disagreement, not an inherited one (later
+    layers then amplify it, which is what the end-to-end figure shows)."""
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tflite_micro.python.tflite_micro import runtime
+
+    from ..quantize import layer_of_tensor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Interpreter(model_content=bytes(model), experimental_preserve_all_tensors=True,
+                          experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    ref.allocate_tensors()
+    ref.set_tensor(ref.get_input_details()[0]["index"], x)
+    ref.invoke()
+    with captured_stderr():
+        try:
+            micro = runtime.Interpreter.from_bytes(
+                bytes(model), arena_size=int(arena),
+                intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)
+            micro.set_input(x, 0)
+            micro.invoke()
+        except RuntimeError:
+            return None
+    names = {t["index"]: t["name"] for t in ref.get_tensor_details()}
+    for od in ref._get_ops_details():
+        for o in (int(i) for i in od["outputs"] if i >= 0):
+            a = ref.get_tensor(o)
+            g = micro.GetTensor(o, 0)
+            b = np.asarray(g["tensor_data"]).reshape(a.shape)
+            d = np.abs(a.astype(np.int64) - b.astype(np.int64))
+            if d.max() > 0:
+                return {"op": od["op_name"], "op_index": int(od["index"]), "tensor": names[o],
+                        "layer": layer_of_tensor(names[o]), "max_step_difference": int(d.max()),
+                        "fraction_differing": round(float(np.count_nonzero(d)) / d.size, 6)}
+    return None
+
+
 class TflmTarget:
     name = "tflm"
     profile = "tflm"
@@ -130,6 +171,11 @@ class TflmTarget:
             worst, frac = step_difference(got, reference)
             doc.update(max_step_difference=worst, fraction_differing=round(frac, 6),
                        compared_with="LiteRT reference kernels (BUILTIN_REF)")
+            if worst:
+                k = next(i for i, (g, r) in enumerate(zip(got, reference))
+                         if step_difference([g], [r])[0])
+                doc["first_divergence"] = first_divergence(model, inputs[k],
+                                                           max(upper, 8 * arena))
         return doc
 
 
