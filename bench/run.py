@@ -31,7 +31,12 @@ For each model, every measurement runs in its own child process (this script re-
 5. **latency**: ``model.float32.tflite`` and ``model.int8.tflite`` in LiteRT with XNNPACK at 1
    and 2 threads: median of ``--latency-runs`` invokes after 3 warm-up runs (fewer runs when
    one invoke is slow, see ``--latency-budget``), and file sizes (MiB).
-6. **orchestration** (all models done): a fully cached run in the CLI's default mode (the
+6. **deployment targets** (``--deploy-targets``, default tflm,ethos-u55-256; off with
+   ``--photos`` unless given): the flow once more on the same store with ``target=`` that
+   list: the probe with the targets' own tools (vs the cpu probe of the cold run), and the
+   verify stage per target (TFLite Micro run + arena search, Vela compile, reference-kernel
+   accuracy), from the verify stage's own timings.
+7. **orchestration** (all models done): a fully cached run in the CLI's default mode (the
    embedded server, reported as "ephemeral"), in Prefect's own ephemeral mode
    (``DARKNET2TFLITE_EMBEDDED_SERVER=0``) and against an already running ``prefect server
    start`` (temporary ``PREFECT_HOME``, free port), runs interleaved; the server is stopped
@@ -65,6 +70,7 @@ SHARED = REPO.parent / "shared"
 PYTHON = sys.executable
 STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
 EARLY = STAGES[:5]
+DEPLOY_TARGETS = "tflm,ethos-u55-256"
 MIB = 2 ** 20
 
 COCO = SHARED / "images" / "coco"
@@ -244,7 +250,7 @@ def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
     convert = import_flow()
     import tasks._common as common
     import importlib
-    mods = {s: importlib.import_module(f"tasks.{s}") for s in STAGES}
+    mods = {s: importlib.import_module(f"tasks.{s}") for s in STAGES + ("verify",)}
     import_s = time.perf_counter() - t_imp
 
     # time every stage task body (store lookup + compute + publish) from the outside
@@ -545,6 +551,11 @@ def bench_model(name: str, conf: dict[str, Any], tmp: Path, args: argparse.Names
         res["int8_speedup"] = {t: round(lat["latency_ms"]["float32"][t]
                                         / lat["latency_ms"]["int8"][t], 2) for t in ("1", "2")}
         log(f"{name}: float32 {f1} ms, int8 {i1} ms at 1 thread")
+    if args.deploy_targets:
+        log(f"{name}: flow with target={args.deploy_targets} (same store)")
+        dep = run_child("flow", {"params": dict(params, target=args.deploy_targets)}, work,
+                        "targets")
+        res["deployment"] = deployment_costs(dep, cold)
     res["params"] = params
     res["source_digest_end"] = source_digest()
     if res["source_digest_end"] != res["source_digest_start"]:
@@ -553,6 +564,30 @@ def bench_model(name: str, conf: dict[str, Any], tmp: Path, args: argparse.Names
                           "caused by the edit")
         log(f"{name}: WARNING {res['warning']}")
     return res
+
+
+def deployment_costs(run: dict[str, Any], cold: dict[str, Any]) -> dict[str, Any]:
+    """What each deployment target's checks cost: the probe with the targets' tools against
+    the cold run's cpu probe, and the verify stage's per-target timings (verify.json)."""
+    if "error" in run:
+        return {"error": run["error"]}
+    st = run.get("stages") or {}
+    out: dict[str, Any] = {
+        "probe_s": (st.get("probe") or {}).get("flow_s"),
+        "probe_cpu_s": (cold.get("stages") or {}).get("probe", {}).get("flow_s"),
+        "verify_s": (st.get("verify") or {}).get("flow_s"), "targets": {}}
+    path = ((run.get("payloads") or {}).get("verify") or {}).get("artifacts", {}).get("verify")
+    if path and Path(path).is_file():
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        for t in doc.get("targets", []):
+            out["targets"][t["target"]] = {k: t.get(k) for k in (
+                "runs", "seconds", "seconds_arena_search", "seconds_per_image",
+                "seconds_compile", "max_step_difference", "arena_bytes", "ops_npu",
+                "ops_total") if t.get(k) is not None}
+        acc = doc.get("accuracy_reference") or {}
+        out["reference_run_s"] = doc.get("seconds_reference_run")
+        out["reference_accuracy_s"] = acc.get("seconds")
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -752,6 +787,21 @@ def table(doc: dict[str, Any]) -> str:
                  f"{fmt(sp.get('1'), '.2f'):>5s} {fmt(sp.get('2'), '.2f'):>5s} "
                  f"{fmt(sz.get('float32'), '.2f'):>8s} {fmt(sz.get('int8'), '.2f'):>8s} "
                  f"{runs.get('float32', {}).get('1', '-')}/{runs.get('int8', {}).get('1', '-')}")
+    deps = {n: r["deployment"] for n, r in models.items() if r.get("deployment")}
+    if deps:
+        L.append("")
+        L.append("== Deployment target checks (flow with --target, same store; wall s) ==")
+        for n, d in deps.items():
+            if d.get("error"):
+                L.append(f"{n:12s} ERROR {d['error'][:100]}")
+                continue
+            L.append(f"{n:12s} probe with tools {fmt(d.get('probe_s'))} s (cpu probe "
+                     f"{fmt(d.get('probe_cpu_s'))} s); verify stage {fmt(d.get('verify_s'))} s "
+                     f"= reference-kernel run {fmt(d.get('reference_run_s'))} + accuracy "
+                     f"{fmt(d.get('reference_accuracy_s'))} + per target:")
+            for t, c in (d.get("targets") or {}).items():
+                extra = ", ".join(f"{k} {v}" for k, v in c.items() if k != "seconds")
+                L.append(f"{'':12s}   {t:16s} {fmt(c.get('seconds')):>6s} s  ({extra})")
     orch = doc.get("orchestration") or {}
     L.append("")
     L.append("== Orchestration: fully cached run, ephemeral Prefect vs running server "
@@ -824,8 +874,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="calibrate every model on the first N shared COCO photos only, "
                          "without annotations (no AP, no swapped calibration fold): a quick "
                          "run of the whole procedure, e.g. for the tests")
+    ap.add_argument("--deploy-targets", default=None, metavar="LIST",
+                    help="also convert each model for these deployment targets and report "
+                         f"what each target's checks cost (default: {DEPLOY_TARGETS}; "
+                         "with --photos: none unless given; '' turns it off)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args(argv)
+    if args.deploy_targets is None:
+        args.deploy_targets = "" if args.photos else DEPLOY_TARGETS
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in names if m not in MODELS]
     if bad:

@@ -181,6 +181,15 @@ def _add_convert_args(p: argparse.ArgumentParser) -> None:
                    help="int8 conversion route: TFLiteConverter (direct), Keras -> ONNX -> "
                         "onnx2tf, or both (compared, the better one shipped); default: "
                         "%(default)s")
+    p.add_argument("--target", default="cpu", metavar="LIST",
+                   help="comma list of deployment targets: cpu (LiteRT), tflm (TensorFlow "
+                        "Lite Micro), ethos-u55-256 or any other Vela accelerator config; "
+                        "each is verified with its own tool (default: %(default)s)")
+    p.add_argument("--allow-approximate", default="", metavar="RULES",
+                   help="comma list of approximate rewrite rules allowed to meet a target "
+                        "(e.g. mish_poly for tflm); their deviation is reported")
+    p.add_argument("--npu-only", action="store_true",
+                   help="refuse a model Vela would run partly on the CPU (Ethos-U targets)")
     from .convert_cli import STAGES
     p.add_argument("--from-stage", metavar="STAGE",
                    help="rerun from STAGE, reusing earlier artifacts; STAGE is one of "

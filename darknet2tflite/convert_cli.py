@@ -83,6 +83,8 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         raise UserError("--eval-annotations needs --eval-images (the annotated images)")
     check_options(vars(args), spell=cli_flag, error=UserError)
     variants = variant_list(args.variants)
+    from .targets import check_spec
+    targets = check_spec(getattr(args, "target", None), getattr(args, "npu_only", False))
     params = {
         "cfg": _file(args.cfg, "cfg"),
         "weights": _file(args.weights, "weights"),
@@ -101,6 +103,9 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         "images": _dir(args.images, "--images"),
         "store": output_dir(args.store, "--store"),
         "from_stage": args.from_stage,
+        "target": ",".join(targets),
+        "allow_approximate": ",".join(variant_list(getattr(args, "allow_approximate", ""))),
+        "npu_only": bool(getattr(args, "npu_only", False)),
     }
     check_convert_inputs(params, spell=lambda k: k if k in ("cfg", "weights") else cli_flag(k))
     return params

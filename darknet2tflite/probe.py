@@ -581,8 +581,11 @@ class Prober:
     candidate rules) convert every (signature, target) once."""
 
     def __init__(self, cfg: DarknetConfig, weights: DarknetWeights | None = None,
-                 seed: int = 0, samples: int = 8) -> None:
+                 seed: int = 0, samples: int = 8, tools: bool = True) -> None:
         self.cfg = cfg
+        #: also ask the target's own tool (TFLite Micro, Vela) about every layer the
+        #: profile's op list lets through (see darknet2tflite/targets)
+        self.tools = tools
         self.weights = weights
         self.seed = seed
         self.samples = samples
@@ -783,6 +786,10 @@ class Prober:
                 flag(DEGRADED, f"int8 SQNR {sqnr:.1f} dB < {profile.min_sqnr_db:g} dB",
                      [o for o in _unique(ops) if o not in ("CONV_2D", "DEPTHWISE_CONV_2D",
                                                             "QUANTIZE")])
+        if self.tools and status != UNSUPPORTED and profile.converter == "int8":
+            from .targets.probe_hook import tool_verdict
+            for level, why, bad in tool_verdict(profile.name, data):
+                flag(level, why, bad)
         return TargetResult(status, ops, "; ".join(reasons), offending,
                             None if sqnr is None or math.isinf(sqnr) else round(sqnr, 2))
 

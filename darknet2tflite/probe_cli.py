@@ -26,7 +26,9 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("weights", nargs="?", help="Darknet .weights (default: random weights "
                    "of the right shapes; support does not depend on the values)")
     p.add_argument("--target", default="int8",
-                   help="profile name (int8, float, tflm) or a profile .json (default: int8)")
+                   help="comma list of deployment targets (cpu, tflm, ethos-u55-256, ...: "
+                        "each layer is also checked by the target's own tool), or a probe "
+                        "profile name (int8, float) or .json (default: int8)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--allow", action="append", default=[], metavar="RULE",
                    help="also consider this opt-in rewrite rule (e.g. leaky_alternatives); "
@@ -83,12 +85,14 @@ def run_probe(args: argparse.Namespace) -> int:
         raise InputError(f"{cfg}: cfg file not found")
     if args.weights and not Path(args.weights).is_file():
         raise InputError(f"{args.weights}: weights file not found")
+    from .targets import probe_profiles
+    target = probe_profiles(args.target)
     if args.no_rewrite:
-        before = probe(cfg, args.weights, args.target, seed=args.seed)
+        before = probe(cfg, args.weights, target, seed=args.seed)
         after, applied = before, []
     else:
         before, after, applied = probe_with_rewrites(
-            cfg, args.weights, args.target, images=args.images, allow=tuple(args.allow),
+            cfg, args.weights, target, images=args.images, allow=tuple(args.allow),
             seed=args.seed)
     problems = _problems(after)
     if args.json:

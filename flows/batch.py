@@ -42,7 +42,7 @@ from flows.runners import make_task_runner
 MODEL_KEYS = ("name", "cfg", "weights", "calibration", "eval_annotations", "eval_images",
               "names", "input_type", "calibration_limit", "float_fallback", "channel_split",
               "calibration_mirror", "variants",
-              "backend", "images", "target")
+              "backend", "images", "target", "allow_approximate", "npu_only")
 PATH_KEYS = ("cfg", "weights", "calibration", "eval_annotations", "eval_images", "names",
              "images")
 

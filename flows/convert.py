@@ -7,7 +7,8 @@ DAG (each name a cached stage task, see tasks/)::
            └─> probe ──> rewrite ─┬─> quantize int8 ─┬─> quantize int8 fold 2 ─┐
                                   │                  └─────────────────────────┼─> evaluate ─> report ─> deliver
                                   └─> quantize float16/... ────────────────────┘
-        (fold 2: only when evaluation photos are calibration photos; variants: --variants)
+        (fold 2: only when evaluation photos are calibration photos; variants: --variants;
+         verify, beside evaluate and before report: only for tflm / Ethos-U --target)
 
 (``deliver`` copies the deliverables from the store into ``out``; it is never cached.)
 
@@ -75,6 +76,10 @@ def _check_inputs(p: dict[str, Any]) -> None:
     check_backend(p.get("backend"))
     from darknet2tflite.inputs import check_convert_inputs
     check_convert_inputs(p)  # the CLI's entry checks, for runs started from the UI
+    from darknet2tflite.targets import check_spec
+    from darknet2tflite.targets.requirements import check_allowed
+    check_spec(p.get("target"), bool(p.get("npu_only")))
+    check_allowed(variant_list(p.get("allow_approximate")))
 
 
 @flow(name="convert", flow_run_name=_run_name, task_runner=make_task_runner(),
@@ -87,7 +92,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
             variants: str = "",
             backend: Literal["direct", "onnx2tf", "both"] = "direct",
             images: Optional[str] = None, store: Optional[str] = None,
-            from_stage: Optional[str] = None, target: str = "int8",
+            from_stage: Optional[str] = None, target: str = "cpu",
+            allow_approximate: str = "", npu_only: bool = False,
             name: Optional[str] = None) -> dict[str, Any]:
     """Convert one Darknet model (cfg + weights) to a calibrated full-integer int8 TFLite
     model plus float32 TFLite, Keras, decode metadata and an evaluation report.
@@ -116,7 +122,13 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
         store: artifact store folder (default: .store in the repo).
         from_stage: recompute this stage and every later one (parse, build, parity, probe,
             rewrite, quantize, evaluate, report); earlier ones must already be in the store.
-        target: TFLite target profile the op probe checks against (default int8).
+        target: comma list of deployment targets: cpu (LiteRT, default), tflm (TensorFlow
+            Lite Micro), ethos-u55-256 and every other Vela --accelerator-config. One int8
+            model serves them all; each is verified with its own tool (verify stage).
+            The probe profiles int8 and float (or a profile .json) are accepted too.
+        allow_approximate: comma list of opt-in approximate rewrite rules the probe may use
+            to meet a target (e.g. mish_poly for tflm); their deviation is reported.
+        npu_only: refuse a model whose operators Vela leaves on the CPU (Ethos-U targets).
         name: label of the run and its UI artifacts (default: the cfg file's stem).
     """
     params = dict(locals())
@@ -162,6 +174,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                                 wait_for=[futures["parse"]], **kw)
     t, kw = stage(probe_task, "probe")
     futures["probe"] = t.submit(cfg=cfg, weights=weights, target=target, images=images,
+                                allow=variant_list(allow_approximate) or None,
                                 wait_for=[futures["parse"]], **kw)
     t, kw = stage(parity_task, "parity")
     futures["parity"] = t.submit(cfg=cfg, weights=weights, build=futures["build"],
@@ -174,6 +187,9 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     results: dict[str, dict[str, Any]] = {}
     for s in ("parse", "build", "parity", "probe", "rewrite"):
         results[s] = futures[s].result()
+        if s == "probe":  # a target the graph cannot meet: one line, before quantizing
+            from darknet2tflite.targets.requirements import check_met
+            check_met(read_json(artifact(results[s], "probe")), target, npu_only)
 
     # Joined payloads are passed on as plain dicts; wait_for keeps the dependency edges in
     # the UI's task graph.  int8 and the extra variants convert concurrently.
@@ -213,19 +229,33 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
                                    eval_annotations=eval_annotations,
                                    wait_for=[f for k, f in futures.items()
                                              if k.startswith("quantize")], **kw)
+    from darknet2tflite.targets import verified_targets
+    if verified_targets(target):  # tflm / Ethos-U: their own tools, beside evaluate
+        from tasks.verify import verify as verify_task
+        t, kw = stage(verify_task, "evaluate")  # --from-stage: verify belongs to evaluate
+        futures["verify"] = t.submit(target=target, quantize=results["quantize"],
+                                     rewrite=results["rewrite"],
+                                     eval_annotations=eval_annotations, npu_only=npu_only,
+                                     wait_for=[futures["quantize"]], **kw)
     results["evaluate"] = futures["evaluate"].result()
+    if "verify" in futures:
+        results["verify"] = futures["verify"].result()
 
     t, kw = stage(report_task, "report")
     futures["report"] = t.submit(model=model, parse=results["parse"], parity=results["parity"],
                                  probe=results["probe"], rewrite=results["rewrite"],
-                                 evaluate=results["evaluate"],
+                                 evaluate=results["evaluate"], target=target,
+                                 verify=results.get("verify"),
                                  wait_for=[futures[k] for k in ("parse", "parity", "probe",
-                                                                "rewrite", "evaluate")], **kw)
+                                                                "rewrite", "evaluate")
+                                           + (("verify",) if "verify" in futures else ())],
+                                 **kw)
     results["report"] = futures["report"].result()
 
     deliver = deliver_task.submit(out=out, rewrite=results["rewrite"],
                                   quantize=results["quantize"], variants=variant_payloads,
-                                  report=results["report"], wait_for=[futures["report"]])
+                                  report=results["report"], verify=results.get("verify"),
+                                  wait_for=[futures["report"]])
     stages = {s: {"state": futures[s].state.name, "key": results[s]["key"],
                   "artifacts": results[s]["artifacts"]} for s in results}
     publish_artifacts(model, stages, out)  # the UI artifacts, while deliver copies the files
@@ -305,6 +335,13 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
     if rows:
         table_artifact(key=f"{key}-int8-evaluation", table=rows,
                               description=f"{model}: int8 evaluation")
+
+    from darknet2tflite.targets.report import rows as deployment_rows
+    report = read_json(artifact(stages["report"], "report_json")) or {}
+    if report.get("deployment"):
+        table_artifact(key=f"{key}-deployment", table=deployment_rows(report["deployment"]),
+                       description=f"{model}: deployment targets, each checked by its own "
+                                   "tool, accuracy with the target's arithmetic")
 
     report_md = artifact(stages["report"], "report_md")
     if report_md:

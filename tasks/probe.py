@@ -20,7 +20,20 @@ def _images(p: Mapping[str, Any]) -> str:
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
     return ({"cfg": p["cfg"], "weights": p["weights"]},
-            {"target": p.get("target") or "int8", "allow": sorted(p.get("allow") or [])})
+            {"target": p.get("target") or "int8", "allow": sorted(p.get("allow") or []),
+             "tools": _tool_versions(p.get("target"))})
+
+
+def _tool_versions(spec: Any) -> dict[str, str]:
+    """Versions of the tools the probe asks (a new TFLite Micro may accept more layers)."""
+    from darknet2tflite.targets import is_legacy_profile, parse_targets, target_list
+    if all(is_legacy_profile(n) for n in target_list(spec)):
+        return {}
+    try:
+        return {t.name: t.tool()["version"] for t in parse_targets(
+            [n for n in target_list(spec) if not is_legacy_profile(n)])}
+    except Exception:  # noqa: BLE001 - an unknown name fails in the stage with its message
+        return {}
 
 
 def probe_stage(cfg: str, weights: str, out_dir: Path, target: str = "int8",
@@ -30,8 +43,9 @@ def probe_stage(cfg: str, weights: str, out_dir: Path, target: str = "int8",
     log(f"probe {Path(cfg).name} for target {target}")
     # the rules' float deviation is measured where the rewritten model is built (rewrite
     # stage), so the probe's cost stays per layer signature, not per model size
-    before, after, applied = probe_with_rewrites(cfg, weights, target, images=None,
-                                                 allow=tuple(allow or ()))
+    from darknet2tflite.targets import probe_profiles
+    before, after, applied = probe_with_rewrites(cfg, weights, probe_profiles(target),
+                                                 images=None, allow=tuple(allow or ()))
     doc = {"target": target, "ok_before": before.ok, "ok_after": after.ok,
            "rewrites": [a.to_dict() for a in applied],
            "before": json.loads(before.to_json()), "after": json.loads(after.to_json())}

@@ -22,7 +22,8 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
     for name, path in sorted((ev.get("artifacts") or {}).items()):
         if name.startswith("image:"):
             inputs[name] = path
-    return inputs, {"model": p.get("model")}
+    inputs["verify"] = artifact(p.get("verify"), "verify")
+    return inputs, {"model": p.get("model"), "target": p.get("target") or "cpu"}
 
 
 def safe_relpath(rel: str) -> str:
@@ -53,7 +54,8 @@ def _pipeline_summary(p: Mapping[str, Any]) -> dict[str, Any]:
                                     for r in (probe.get("before") or {}).get("rows", [])
                                     if r["status"] != "ok"]},
         "rewrites": [{"name": r["name"], "layers": r.get("applied_layers", []),
-                      "exact": r.get("exact"), "max_rel": r.get("max_rel")} for r in rewrites],
+                      "exact": r.get("exact"), "max_rel": r.get("max_rel"),
+                      "max_abs": r.get("max_abs")} for r in rewrites],
     }
 
 
@@ -79,7 +81,8 @@ def _pipeline_markdown(s: Mapping[str, Any]) -> str:
     for r in s["rewrites"]:
         dev = f", float max_rel {r['max_rel']:.1e}" if r.get("max_rel") is not None else ""
         L.append(f"- rewrite {r['name']} on layers {r['layers']}"
-                 f"{' (exact' + dev + ')' if r.get('exact') else ''}")
+                 f"{' (exact' + dev + ')' if r.get('exact') else ''}"
+                 f"{' (APPROXIMATE' + dev + ', allowed by --allow-approximate)' if r.get('exact') is False else ''}")
     return "\n".join(L) + "\n"
 
 
@@ -93,6 +96,9 @@ def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     report["model"] = p.get("model") or report.get("model")
     summary = _pipeline_summary(p)
     report["pipeline"] = summary
+    from darknet2tflite.targets import report as deployment_report
+    report["deployment"] = deployment_report.deployment(
+        p.get("target") or "cpu", report, read_json(artifact(p.get("verify"), "verify")))
     arts: dict[str, Path] = {}
     for name, path in (ev.get("artifacts") or {}).items():
         if name.startswith("image:"):
@@ -106,7 +112,8 @@ def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     md = Path(arts["report_md"])
     text = md.read_text(encoding="utf-8")
     cut = text.find("\n## ") + 1 or len(text)  # the pipeline facts before the first section
-    md.write_text(text[:cut] + _pipeline_markdown(summary) + "\n" + text[cut:],
+    md.write_text(text[:cut] + _pipeline_markdown(summary) + "\n"
+                  + deployment_report.markdown(report["deployment"]) + "\n" + text[cut:],
                   encoding="utf-8")
     log(f"report: {len(text.splitlines())} lines, {len(arts) - 2} images")
     return arts
@@ -114,6 +121,7 @@ def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
 
 @task(name=STAGE, **TASK_OPTIONS)
 def report(model: str, parse: dict, parity: dict, probe: dict, rewrite: dict, evaluate: dict,
+           target: str = "cpu", verify: dict | None = None,
            store: str | None = None, refresh: bool = False, require_cached: bool = False):
     p = locals()
     return run_stage(STAGE, store, *key_parts(p), lambda tmp: report_stage(p, tmp),
@@ -122,7 +130,8 @@ def report(model: str, parse: dict, parity: dict, probe: dict, rewrite: dict, ev
 
 def deliverable_files(rewrite: Mapping[str, Any], quantize: Mapping[str, Any],
                       variants: Mapping[str, Mapping[str, Any]],
-                      report: Mapping[str, Any]) -> dict[str, str]:
+                      report: Mapping[str, Any], verify: Mapping[str, Any] | None = None
+                      ) -> dict[str, str]:
     """{relative name in --out: store path}."""
     files = {"model.keras": artifact(rewrite, "keras"),
              "model.float32.tflite": artifact(rewrite, "tflite_float32"),
@@ -143,17 +152,22 @@ def deliverable_files(rewrite: Mapping[str, Any], quantize: Mapping[str, Any],
     for name, path in (report.get("artifacts") or {}).items():
         if name.startswith("image:"):
             files[safe_relpath(name[len("image:"):])] = path
+    files["verify.json"] = artifact(verify, "verify")
+    for name, path in ((verify or {}).get("artifacts") or {}).items():
+        if name.startswith("compiled:"):  # Vela's NPU model per Ethos-U target
+            files[safe_relpath(f"model.{name[len('compiled:'):]}.tflite")] = path
     return {k: v for k, v in files.items() if v}
 
 
 @task(name="deliver", **TASK_OPTIONS)
-def deliver(out: str, rewrite: dict, quantize: dict, variants: dict, report: dict) -> list[str]:
+def deliver(out: str, rewrite: dict, quantize: dict, variants: dict, report: dict,
+            verify: dict | None = None) -> list[str]:
     """Copy the deliverables from the store into ``out``: staged in a sibling temp folder
     and moved in only when complete (never cached: the store entries are, the copy is the
     one side effect outside the store)."""
     from darknet2tflite.pipeline import staged_output
 
-    files = deliverable_files(rewrite, quantize, variants, report)
+    files = deliverable_files(rewrite, quantize, variants, report, verify)
     with staged_output(out) as tmp:
         for rel, src in files.items():
             dst = tmp / rel
