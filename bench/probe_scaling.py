@@ -16,9 +16,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.fetch import fetch_weights
-    from darknet2tflite.weights import random_weights, write_weights
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.darknet.fetch import fetch_weights
+    from darknet2tflite.darknet.weights import random_weights, write_weights
     from tasks.probe import probe_stage
 
     with tempfile.TemporaryDirectory() as tmp:

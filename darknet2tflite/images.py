@@ -19,7 +19,7 @@ from typing import Literal, NamedTuple
 import cv2
 import numpy as np
 
-from .errors import InputError
+from darknet2tflite.errors import InputError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

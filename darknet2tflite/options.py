@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .errors import InputError
+from darknet2tflite.errors import InputError
 
 VARIANTS = ("float16", "dynamic", "int16x8")
 INPUT_TYPES = ("uint8", "int8")

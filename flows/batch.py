@@ -31,8 +31,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
-from darknet2tflite.augment import MIRROR_BELOW
-from darknet2tflite.channel_split import MAC_BUDGET
+from darknet2tflite.int8.augment import MIRROR_BELOW
+from darknet2tflite.int8.channel_split import MAC_BUDGET
 from flows.convert import convert
 from flows.runners import make_task_runner
 

@@ -35,11 +35,11 @@ from prefect.artifacts import (acreate_markdown_artifact, acreate_table_artifact
                                create_markdown_artifact, create_table_artifact)
 from prefect.runtime import flow_run as runtime_flow_run
 
-from darknet2tflite.augment import MIRROR_BELOW
-from darknet2tflite.channel_split import MAC_BUDGET
+from darknet2tflite.int8.augment import MIRROR_BELOW
+from darknet2tflite.int8.channel_split import MAC_BUDGET
 from darknet2tflite.errors import UserError
 from darknet2tflite.options import check as check_options, variant_list
-from darknet2tflite.store import ArtifactStore
+from darknet2tflite.store.artifacts import ArtifactStore
 from flows.runners import make_task_runner
 from tasks._common import STAGES, artifact, read_json, result_storage, store_root
 from tasks.quantize import has_cross_fold
@@ -63,7 +63,7 @@ def _check_inputs(p: dict[str, Any]) -> None:
     for k in ("calibration", "eval_images", "images"):
         if p.get(k) is not None and not Path(p[k]).is_dir():
             raise UserError(f"{k} {p[k]}: no such folder")
-    from darknet2tflite.convert_cli import output_dir
+    from cli.convert import output_dir
     for k in ("out", "store"):
         output_dir(p.get(k), k)
     if p.get("from_stage") and p["from_stage"] not in STAGES:

@@ -1,6 +1,6 @@
 """What every stage task shares: store keys, the store-aware cache policy, the task body.
 
-Two caches, one truth.  The :class:`~darknet2tflite.store.ArtifactStore` holds the artifacts
+Two caches, one truth.  The :class:`~darknet2tflite.store.artifacts.ArtifactStore` holds the artifacts
 (content-addressed, verified on every lookup).  Prefect's result cache only holds each task's
 small return value: ``{"stage", "key", "artifacts": {name: path-string}}``, pointing into the
 store.  They are tied together so Prefect can never hand out paths the store cannot back:
@@ -37,7 +37,7 @@ from typing import Any
 import flows._settings  # noqa: F401  (Prefect env defaults before `import prefect`)
 
 from darknet2tflite.errors import UserError
-from darknet2tflite.store import ArtifactStore, stage_key
+from darknet2tflite.store.artifacts import ArtifactStore, stage_key
 
 from prefect import get_run_logger
 from prefect.cache_policies import CachePolicy

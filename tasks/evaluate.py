@@ -36,10 +36,10 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 
 
 def evaluate_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.calibration import CalibrationSet
-    from darknet2tflite.evaluate import evaluate
-    from darknet2tflite.metadata import write_json
-    from darknet2tflite.quantize import QuantizeResult, assemble_report
+    from darknet2tflite.int8.calibration import CalibrationSet
+    from darknet2tflite.evaluation.evaluate import evaluate
+    from darknet2tflite.darknet.metadata import write_json
+    from darknet2tflite.int8.quantize import QuantizeResult, assemble_report
 
     q, rw = p["quantize"], p["rewrite"]
     plan = read_json(artifact(q, "plan"))

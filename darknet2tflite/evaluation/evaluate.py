@@ -1,0 +1,488 @@
+"""How much did int8 cost? Numbers for report.json / report.md.
+
+* per head SQNR (dB) and cosine similarity of int8 vs float raw heads, also per channel
+  group (box x/y, box w/h, objectness, classes): whole-head SQNR is dominated by the
+  large objectness/class logits and says little about boxes, which matter most for AP;
+* detections (Darknet-exact decode + library NMS) and, with COCO annotations, AP@[.5:.95]
+  and AP50 of every model on the same held-out images;
+* file sizes and median latency over repeated invokes at 1 and 2 threads;
+* per-layer quantization error from ``tf.lite.experimental.QuantizationDebugger``, named
+  by Darknet layer index.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from darknet2tflite.errors import InputError
+
+Progress = Callable[[str], None]
+#: Darknet's detector map uses thresh .005 and nms .45 for AP
+AP_CONF_THRESH = 0.005
+NMS_THRESH = 0.45
+#: detections drawn in the report images
+DRAW_CONF_THRESH = 0.25
+#: detections kept per image and class: pycocotools' AP uses maxDets=100 per image+category
+MAX_PER_CLASS = 100
+
+
+# --------------------------------------------------------------------------- numerics
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    ref = ref.astype(np.float64)
+    noise = float(((got.astype(np.float64) - ref) ** 2).sum())
+    signal = float((ref ** 2).sum())
+    if noise == 0:
+        return math.inf
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    a, b = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    d = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / d) if d > 0 else float("nan")
+
+
+def _parts(head: Mapping[str, Any]) -> dict[str, slice]:
+    """Channel groups within one anchor block of a raw head."""
+    if head.get("type", "yolo") == "region":
+        coords = int(head.get("coords", 4))
+        return {"xy": slice(0, 2), "wh": slice(2, coords), "obj": slice(coords, coords + 1),
+                "cls": slice(coords + 1, None)}
+    return {"xy": slice(0, 2), "wh": slice(2, 4), "obj": slice(4, 5), "cls": slice(5, None)}
+
+
+def head_errors(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], meta: Mapping[str, Any]
+                ) -> list[dict[str, Any]]:
+    rows = []
+    for h, r, g in zip(meta["heads"], ref, got):
+        n = len(h["anchors"]) if h.get("type", "yolo") == "yolo" else int(h.get("num", 1))
+        rr = r.reshape(r.shape[:-1] + (n, -1))
+        gg = g.reshape(g.shape[:-1] + (n, -1))
+        parts = {k: {"sqnr_db": round(sqnr_db(rr[..., s], gg[..., s]), 2),
+                     "max_abs": float(np.abs(rr[..., s] - gg[..., s]).max())}
+                 for k, s in _parts(h).items()}
+        rows.append({"head": h["index"], "output": h["output"], "grid": h["grid"],
+                     "sqnr_db": round(sqnr_db(r, g), 2), "cosine": round(cosine(r, g), 6),
+                     "max_abs": float(np.abs(r - g).max()), "parts": parts})
+    return rows
+
+
+# --------------------------------------------------------------------------- images
+
+def eval_image_list(eval_images: str | Path | Sequence[str | Path],
+                    eval_annotations: str | Path | None = None, limit: int | None = None
+                    ) -> tuple[list[Path], list[str]]:
+    """Evaluation image paths (only annotated ones when annotations are given) + warnings.
+    Raises InputError when annotations and images have nothing in common."""
+    from darknet2tflite.images import find_images
+    warnings: list[str] = []
+    if isinstance(eval_images, (str, Path)):
+        folder = Path(eval_images)
+        if not folder.exists():
+            raise InputError(f"evaluation images {folder} do not exist")
+        if eval_annotations is not None:
+            from darknet2tflite.evaluation.coco_eval import match_images
+            try:
+                present, missing = match_images(eval_annotations, folder)
+            except (ValueError, FileNotFoundError) as e:
+                raise InputError(str(e)) from None
+            if not present:
+                raise InputError(f"none of the {len(missing)} images listed in "
+                                 f"{eval_annotations} are under {folder}; wrong annotation "
+                                 "file or image folder?")
+            if missing:
+                warnings.append(f"{len(missing)} annotated image(s) not found under {folder}")
+            paths = present
+        else:
+            paths = sorted(find_images(folder, limit=None))
+    else:
+        paths = [Path(p) for p in eval_images]
+    if not paths:
+        raise InputError(f"no evaluation images found in {eval_images}")
+    return (paths if limit is None else paths[:limit]), warnings
+
+
+def load_eval_images(paths: Sequence[Path], meta: Mapping[str, Any]
+                     ) -> tuple[np.ndarray, list[Path], list[tuple[int, int]], list[str]]:
+    from darknet2tflite.images import ImageError, load_network_image, preprocess
+    inp = meta["input"]
+    arrs, kept, sizes, skipped = [], [], [], []
+    for p in paths:
+        try:
+            pixels = load_network_image(p, int(inp.get("channels", 3)))
+        except ImageError as e:
+            skipped.append(str(e))
+            continue
+        arrs.append(preprocess(pixels, int(inp["width"]), int(inp["height"]),
+                               bool(inp.get("letter_box"))))
+        kept.append(Path(p))
+        sizes.append((pixels.shape[1], pixels.shape[0]))
+    if not arrs:
+        raise InputError(f"none of the {len(paths)} evaluation images could be read")
+    return np.stack(arrs), kept, sizes, skipped
+
+
+# --------------------------------------------------------------------------- running
+
+def file_meta(tflite: str | Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """model.json narrowed to one .tflite: its own head output names."""
+    from darknet2tflite.darknet.metadata import read_tflite_metadata
+    m = dict(meta)
+    by_file = meta.get("head_outputs_by_file") or {}
+    name = Path(tflite).name
+    if name in by_file:
+        m["head_outputs"] = by_file[name]
+    else:
+        emb = read_tflite_metadata(tflite)
+        if emb and emb.get("head_outputs"):
+            m["head_outputs"] = emb["head_outputs"]
+    return m
+
+
+def run_model(tflite: str | Path, batch: np.ndarray, meta: Mapping[str, Any],
+              threads: int = 2) -> list[np.ndarray]:
+    from darknet2tflite.tflite.export import interpreter, run_tflite
+    return run_tflite(interpreter(tflite, threads=threads), batch, file_meta(tflite, meta))
+
+
+def detect(heads: Sequence[np.ndarray], meta: Mapping[str, Any], sizes: Sequence[tuple[int, int]],
+           conf: float = AP_CONF_THRESH) -> list[Any]:
+    """Per image and class the best ``MAX_PER_CLASS`` detections: all that COCO's AP reads
+    (pycocotools keeps maxDets=100 per image and category), so AP is unchanged."""
+    from darknet2tflite.evaluation.decode import decode_heads
+    return [decode_heads([h[i:i + 1] for h in heads], meta, w, hgt, conf_thresh=conf,
+                         nms_thresh=NMS_THRESH, max_per_class=MAX_PER_CLASS)
+            for i, (w, hgt) in enumerate(sizes)]
+
+
+def latency_ms(tflite: str | Path, threads: int, runs: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``invoke`` on a fixed input (XNNPACK default delegate on)."""
+    from darknet2tflite.tflite.export import interpreter
+    it = interpreter(tflite, threads=threads)
+    d = it.get_input_details()[0]
+    x = np.zeros(d["shape"], d["dtype"])
+    it.set_tensor(d["index"], x)
+    for _ in range(warmup):
+        it.invoke()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        it.invoke()
+        times.append((time.perf_counter() - t) * 1000.0)
+    return round(statistics.median(times), 3)
+
+
+# --------------------------------------------------------------------------- debugger
+
+def layer_errors(calibrated: bytes, images: np.ndarray, output_layers: Mapping[str, int],
+                 ) -> list[dict[str, Any]]:
+    """Per-layer int8 error from tf.lite.experimental.QuantizationDebugger, worst first.
+
+    The debug model (NumericVerify ops after each quantized op, fed the quantized input
+    of that op) isolates each layer's own error. Ranked by RMSE / scale, the metric of
+    TensorFlow's debugger guide (0.29 = pure rounding; larger = the range or the op
+    hurts), and named by Darknet layer index."""
+    import tensorflow as tf
+    from darknet2tflite.int8.quantize import layer_of_tensor, quantize_calibrated
+    debug_model = quantize_calibrated(calibrated, debug=True)
+
+    def gen():
+        for i in range(len(images)):
+            yield [np.ascontiguousarray(images[i:i + 1], dtype=np.float32)]
+    dbg = tf.lite.experimental.QuantizationDebugger(quant_debug_model_content=debug_model,
+                                                    debug_dataset=gen)
+    dbg.run()
+    buf = io.StringIO()
+    dbg.layer_statistics_dump(buf)
+    rows = []
+    for r in csv.DictReader(io.StringIO(buf.getvalue())):
+        scale = float(r["scale"])
+        mse = float(r["mean_squared_error"])
+        name = r["tensor_name"]
+        rows.append({
+            "layer": layer_of_tensor(name, output_layers), "tensor": name,
+            "op": r["op_name"], "rmse_over_scale": round(math.sqrt(mse) / scale, 4)
+            if scale > 0 else None,
+            "rmse": math.sqrt(mse), "max_abs_error": float(r["max_abs_error"]),
+            "scale": scale, "range": round(255 * scale, 4)})
+    rows.sort(key=lambda r: -(r["rmse_over_scale"] or 0))
+    return rows
+
+
+# --------------------------------------------------------------------------- stage
+
+def _ap(meta: Mapping[str, Any], dets: list[Any], paths: Sequence[Path], annotations: str | Path
+        ) -> dict[str, Any]:
+    from darknet2tflite.evaluation.coco_eval import coco_evaluate
+    try:
+        r = coco_evaluate(annotations, {p.name: d for p, d in zip(paths, dets)}, meta.get("names"))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    stats = r.get("stats") or []
+    # COCO's AP by object area (small < 32^2 < medium < 96^2 px < large): int8 losses are
+    # not spread evenly (yolov4-tiny loses most on large objects, docs/int8.md)
+    by_size = {k: (round(100 * v, 3) if v >= 0 else None)
+               for k, v in zip(("small", "medium", "large"), stats[3:6])}
+    return {"AP": round(100 * r["AP"], 3), "AP50": round(100 * r["AP50"], 3),
+            "AP_by_size": by_size,
+            "images": r["images"], "detections": r["detections"], "warnings": r["warnings"]}
+
+
+def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[str, Any] | str | Path,
+             eval_images: str | Path | Sequence[str | Path], eval_annotations: str | Path | None,
+             out_dir: str | Path, *, extra_models: Mapping[str, str | Path] | None = None,
+             latency_runs: int = 20, threads: Sequence[int] = (1, 2), draw: int = 4,
+             eval_limit: int | None = None,
+             cross: Sequence[tuple[str | Path, Sequence[str | Path]]] = (),
+             progress: Progress = print) -> dict[str, Any]:
+    """Evaluate float vs int8 (and ``extra_models``: name -> .tflite) on ``eval_images``.
+
+    ``cross``: (int8 model, images) pairs of the other folds of a cross-calibration, each
+    model calibrated without its images; with annotations, ``ap_cross`` then reports AP of
+    float vs int8 over ALL folds' images, every image scored by an int8 model that never
+    saw it -- on a small photo set that is a much steadier estimate than one hold-out half.
+    Writes side-by-side float | int8 detection images under ``out_dir/report_images`` and
+    returns the report dict (see :func:`write_report`)."""
+    from darknet2tflite.evaluation.draw import draw_detections, save_image
+    from darknet2tflite.images import load_rgb
+
+    if not isinstance(meta, Mapping):
+        meta = json.loads(Path(meta).read_text(encoding="utf-8"))
+    out = Path(out_dir)
+    models: dict[str, Path] = {"float32": Path(float_tflite), "int8": Path(int8_tflite)}
+    for k, v in (extra_models or {}).items():
+        models[k] = Path(v)
+    paths, warnings = eval_image_list(eval_images, eval_annotations, eval_limit)
+    batch, paths, sizes, skipped = load_eval_images(paths, meta)
+    if skipped:
+        warnings.append(f"{len(skipped)} evaluation image(s) unreadable, skipped")
+    progress(f"evaluate: {len(paths)} held-out images, models {', '.join(models)}")
+    heads = {}
+    for k, p in models.items():
+        heads[k] = run_model(p, batch, meta)
+    report: dict[str, Any] = {
+        "images": [p.name for p in paths], "warnings": warnings,
+        "conf_thresh_ap": AP_CONF_THRESH, "nms_thresh": NMS_THRESH,
+        "heads": {k: head_errors(heads["float32"], v, meta) for k, v in heads.items()
+                  if k != "float32"},
+        "sizes": {k: os.path.getsize(p) for k, p in models.items()},
+    }
+    if eval_annotations is not None:
+        progress("evaluate: COCO AP (decode + NMS per model)")
+        ap = {k: _ap(meta, detect(v, meta, sizes), paths, eval_annotations)
+              for k, v in heads.items()}
+        for k in ap:
+            ap[k]["dAP"] = round(ap[k]["AP"] - ap["float32"]["AP"], 3)
+            ap[k]["dAP50"] = round(ap[k]["AP50"] - ap["float32"]["AP50"], 3)
+        report["ap"] = ap
+        if cross:
+            report["ap_cross"] = _cross_ap(models["float32"], heads, paths, sizes, cross, meta,
+                                           eval_annotations, progress)
+    progress("evaluate: latency")
+    report["latency_ms"] = {k: {str(t): latency_ms(p, t, latency_runs) for t in threads}
+                            for k, p in models.items()}
+    if draw:
+        img_dir = out / "report_images"
+        drawn = []
+        for i, p in enumerate(paths[:draw]):
+            rgb = load_rgb(p)
+            panels = []
+            for k in ("float32", "int8"):
+                d = detect([h[i:i + 1] for h in heads[k]], meta, [sizes[i]], DRAW_CONF_THRESH)[0]
+                panels.append(draw_detections(rgb, d, meta.get("names")))
+            gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
+            fname = f"{p.stem}_float32_vs_int8.png"
+            save_image(img_dir / fname, np.concatenate([panels[0], gap, panels[1]], axis=1))
+            drawn.append(f"report_images/{fname}")
+        report["drawn"] = drawn
+    return report
+
+
+def _cross_ap(float_tflite: Path, heads: Mapping[str, list[np.ndarray]], paths: Sequence[Path],
+              sizes: Sequence[tuple[int, int]], cross: Sequence[tuple[str | Path, Sequence[Any]]],
+              meta: Mapping[str, Any], annotations: str | Path, progress: Progress
+              ) -> dict[str, Any]:
+    """AP over the union of the held-out folds (see :func:`evaluate`)."""
+    fdets = detect(heads["float32"], meta, sizes)
+    qdets = detect(heads["int8"], meta, sizes)
+    all_paths = list(paths)
+    for k, (tfl, fold_paths) in enumerate(cross, 1):
+        batch, fp, fsizes, _ = load_eval_images([Path(p) for p in fold_paths], meta)
+        progress(f"evaluate: cross-calibration fold {k + 1}: {len(fp)} images")
+        fdets += detect(run_model(float_tflite, batch, meta), meta, fsizes)
+        qdets += detect(run_model(tfl, batch, meta), meta, fsizes)
+        all_paths += fp
+    fa = _ap(meta, fdets, all_paths, annotations)
+    qa = _ap(meta, qdets, all_paths, annotations)
+    return {"folds": len(cross) + 1, "images": len(all_paths), "float32": fa, "int8": qa,
+            "dAP": round(qa["AP"] - fa["AP"], 3), "dAP50": round(qa["AP50"] - fa["AP50"], 3)}
+
+
+# --------------------------------------------------------------------------- report
+
+def _fmt(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.{nd}f}"
+    return str(v)
+
+
+def _by_size(ap: Mapping[str, Any]) -> str:
+    """"12.3 / 45.6 / 78.9" (n/a for a size without ground truth; "" for older reports)."""
+    sizes = ap.get("AP_by_size")
+    if not sizes:
+        return ""
+    return " / ".join("n/a" if sizes.get(k) is None else _fmt(sizes[k])
+                      for k in ("small", "medium", "large"))
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return " / ".join(_fmt(x) for x in v)
+    return _fmt(v)
+
+
+#: why one report's AP loss is not the last word (measured with bench/int8_noise.py)
+NOISE_NOTE = ("AP and AP50 losses are one draw: on 86 COCO photos, int8 models of yolov4-tiny "
+              "that differ only in their rounding pattern (activation ranges scaled by "
+              "1 + 1e-6) score ~0.3 AP apart (bench/int8_noise.py, docs/int8.md); compare "
+              "settings by means over several calibrations (bench/int8_splits.py).")
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """report.json (everything) and report.md (tables + detection images)."""
+    from darknet2tflite.darknet.metadata import write_json
+    from darknet2tflite.store.atomic import atomic_write_bytes
+    out = Path(out_dir)
+    write_json(out / "report.json", report)
+    L: list[str] = [f"# int8 conversion report: {report.get('model', '')}", ""]
+    conv = report.get("conversion") or {}
+    if conv:
+        L += ["## Conversion", "", "| item | value |", "|---|---|"]
+        labels = {"seconds": "int8 conversion s (calibrate + ranges + quantize + check)",
+                  "calibration_images": "calibration images",
+                  "mirrored_images": "mirrored copies added to calibration",
+                  "ranges": "activation ranges",
+                  "input_type": "input type", "head_split": "head split layout"}
+        for k, label in labels.items():
+            if k in conv:
+                L.append(f"| {label} | {_fmt(conv[k])} |")
+        if conv.get("channel_split"):
+            from darknet2tflite.int8.channel_split import describe
+            L.append(f"| outlier channels split | {describe(conv['channel_split'])} |")
+        if conv.get("box_rounding"):
+            from darknet2tflite.int8.box_rounding import describe as describe_boxes
+            L.append(f"| box weights rounded with error feedback | "
+                     f"{describe_boxes(conv['box_rounding'])} |")
+        mem = conv.get("memory") or {}
+        if mem:
+            L.append(f"| peak RSS (MB) | {_fmt(mem.get('peak_mb'), 0)} "
+                     f"(+{_fmt(mem.get('delta_mb'), 0)} during conversion) |")
+        chk = conv.get("integer_check") or {}
+        if chk:
+            L.append(f"| full integer | {chk.get('full_integer')} (input {chk['input']['dtype']}, "
+                     f"scale {chk['input']['scale']:.9g}, zero point {chk['input']['zero_point']};"
+                     f" outputs {chk.get('outputs')}) |")
+            L.append(f"| ops | {', '.join(f'{k} x{v}' for k, v in sorted(chk['ops'].items()))} |")
+        L.append("")
+        if mem:
+            L += [f"Memory: {mem.get('method')}.", ""]
+    bk = report.get("backends")
+    if bk:
+        L += ["## Int8 backends (direct vs onnx2tf)", "",
+              f"Shipped as model.int8.tflite: **{bk.get('winner')}** (decided by "
+              f"{bk.get('decided_by')}: {bk.get('reason')}). The other backend's model is "
+              "delivered beside it (model.int8.<backend>.tflite); SQNR on calibration images "
+              "vs the Keras model.", "",
+              "| metric | direct | onnx2tf |", "|---|---|---|"]
+        for r in bk.get("table") or []:
+            L.append(f"| {r['metric']} | {_cell(r['direct'])} | {_cell(r['onnx2tf'])} |")
+        L.append("")
+    ev = report.get("evaluation") or {}
+    if ev.get("ap"):
+        L += ["## Accuracy (held-out images)", "",
+              f"{len(ev.get('images', []))} images, COCO AP@[.5:.95] / AP50, conf "
+              f"{ev.get('conf_thresh_ap')}, NMS {ev.get('nms_thresh')}.", "",
+              "| model | AP | AP50 | dAP | dAP50 | AP small / medium / large | detections |",
+              "|---|---|---|---|---|---|---|"]
+        for k, v in ev["ap"].items():
+            L.append(f"| {k} | {_fmt(v['AP'])} | {_fmt(v['AP50'])} | {_fmt(v['dAP'])} | "
+                     f"{_fmt(v['dAP50'])} | {_by_size(v)} | {v['detections']} |")
+        L.append("")
+    cr = ev.get("ap_cross")
+    if cr:
+        L += [f"Cross-calibrated ({cr['folds']} folds, every one of {cr['images']} images scored "
+              "by an int8 model calibrated without it; the shipped model is fold 1):", "",
+              "| model | AP | AP50 | dAP | dAP50 | AP small / medium / large |",
+              "|---|---|---|---|---|---|",
+              f"| float32 | {_fmt(cr['float32']['AP'])} | {_fmt(cr['float32']['AP50'])} | 0.00 | "
+              f"0.00 | {_by_size(cr['float32'])} |",
+              f"| int8 | {_fmt(cr['int8']['AP'])} | {_fmt(cr['int8']['AP50'])} | {_fmt(cr['dAP'])} | "
+              f"{_fmt(cr['dAP50'])} | {_by_size(cr['int8'])} |", ""]
+    if ev.get("heads"):
+        L += ["## Raw head error vs float32", "",
+              "| model | head | grid | SQNR dB | cosine | xy dB | wh dB | obj dB | cls dB |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for k, rows in ev["heads"].items():
+            for r in rows:
+                p = r["parts"]
+                L.append(f"| {k} | {r['head']} | {r['grid'][0]}x{r['grid'][1]} | "
+                         f"{_fmt(r['sqnr_db'])} | {r['cosine']:.5f} | "
+                         + " | ".join(_fmt(p[q]['sqnr_db']) for q in ("xy", "wh", "obj", "cls"))
+                         + " |")
+        L.append("")
+    if ev.get("sizes"):
+        lat = ev.get("latency_ms", {})
+        thr = sorted({t for v in lat.values() for t in v}, key=int)
+        L += ["## Size and latency", "",
+              "| model | size (KB) | " + " | ".join(f"{t} thread(s) ms" for t in thr) + " |",
+              "|---|---|" + "---|" * len(thr)]
+        for k, s in ev["sizes"].items():
+            L.append(f"| {k} | {s / 1024:.0f} | "
+                     + " | ".join(_fmt(lat.get(k, {}).get(t)) for t in thr) + " |")
+        L += ["", "Latency: median of repeated `invoke()` on one input, tf.lite.Interpreter "
+              "with its default XNNPACK delegate.", ""]
+    fb = report.get("float_fallback")
+    if fb:
+        L += ["## Float fallback", "",
+              f"Darknet layers kept float: {fb.get('layers')}.", ""]
+        if fb.get("dAP") is not None:
+            L += [f"AP bought vs full int8: {_fmt(fb['dAP'])} AP, {_fmt(fb['dAP50'])} AP50.", ""]
+    le = report.get("worst_layers") or []
+    if le:
+        L += ["## Worst-quantized layers (QuantizationDebugger)", "",
+              "RMSE/scale per op output, each op fed the quantized input (0.29 = rounding only).",
+              "", "| Darknet layer | op | tensor | RMSE/scale | range |", "|---|---|---|---|---|"]
+        for r in le[:10]:
+            L.append(f"| {_fmt(r['layer'])} | {r['op']} | `{r['tensor'][-60:]}` | "
+                     f"{_fmt(r['rmse_over_scale'], 3)} | {_fmt(r['range'], 3)} |")
+        L.append("")
+    tg = report.get("targets")
+    if tg:
+        L += ["## Targets", "", "| target | value | limit | met |", "|---|---|---|---|"]
+        for t in tg:
+            L.append(f"| {t['name']} | {_fmt(t['value'])} | {t['limit']} | "
+                     f"{'yes' if t['met'] else 'NO'} |")
+        L.append("")
+        if ev.get("ap"):
+            L += [NOISE_NOTE, ""]
+    if ev.get("drawn"):
+        L += ["## Detections: float32 (left) vs int8 (right)", "",
+              f"conf {DRAW_CONF_THRESH}, NMS {NMS_THRESH}.", ""]
+        L += [f"![{Path(d).stem}]({d})" for d in ev["drawn"]]
+        L.append("")
+    for w in ev.get("warnings", []) + list(report.get("warnings", [])):
+        L.append(f"> warning: {w}")
+    atomic_write_bytes(out / "report.md", ("\n".join(L) + "\n").encode())
+    return {"report_json": out / "report.json", "report_md": out / "report.md"}
