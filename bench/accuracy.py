@@ -129,7 +129,7 @@ def save_json(path: Path, doc: Any, indent: int = 1) -> None:
 def cross_folds(images: Path, annotations: Path) -> list[tuple[list, list]]:
     """(calibration exclude, evaluation) pairs of the product's own 2-fold split
     (quantize.plan_images: the shipped model's held-out half, then the swapped fold)."""
-    from darknet2tflite.int8.quantize import plan_images
+    from darknet2tflite.int8.planning import plan_images
     plan = plan_images(images, images, annotations)
     return [(plan["exclude"], plan["eval"])] + [(f["exclude"], f["eval"]) for f in plan["cross"]]
 

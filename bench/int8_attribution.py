@@ -50,10 +50,10 @@ def main() -> int:
     from darknet2tflite.evaluation.evaluate import load_eval_images
     from darknet2tflite.tflite.export import convert, head_groups, interpreter, run_tflite
     from darknet2tflite.darknet.metadata import decode_metadata
-    from darknet2tflite.int8.quantize import (calibrate_model, calibrated_ranges, int8_rules,
-                                         layer_of_tensor, layer_tensors, output_layer_map,
-                                         plan_images, quantize_calibrated, refine_ranges,
-                                         tflite_head_outputs)
+    from darknet2tflite.int8.ranges import calibrate_model, calibrated_ranges, quantize_calibrated, refine_ranges
+    from darknet2tflite.int8.quantize import int8_rules, tflite_head_outputs
+    from darknet2tflite.tflite.names import layer_of_tensor, layer_tensors, output_layer_map
+    from darknet2tflite.int8.planning import plan_images
     from darknet2tflite.darknet.weights import read_weights
 
     cfg_path, w_path = (SHARED / p for p in MODELS[args.model])

@@ -259,8 +259,8 @@ def bench_draws(name: str, seeds: list[int], draws: int, say) -> dict:
     from darknet2tflite.int8.channel_split import split_outlier_channels
     from darknet2tflite.evaluation.evaluate import _ap, detect, load_eval_images
     from darknet2tflite.tflite.export import convert
-    from darknet2tflite.int8.quantize import (QuantizeOptions, calibrate_model, quantize_calibrated,
-                                         refine_ranges)
+    from darknet2tflite.int8.quantize import QuantizeOptions
+    from darknet2tflite.int8.ranges import calibrate_model, quantize_calibrated, refine_ranges
     from int8_noise import redraw
     from int8_splits import folds_for
     images = SHARED / "images" / "coco"

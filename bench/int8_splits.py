@@ -72,7 +72,8 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str, boo
     from darknet2tflite.int8.calibration import calibrate, load_calibration
     from darknet2tflite.evaluation.evaluate import _ap, detect, load_eval_images
     from darknet2tflite.tflite.export import convert
-    from darknet2tflite.int8.quantize import QuantizeOptions, int8_from_keras, quantize_calibrated
+    from darknet2tflite.int8.quantize import QuantizeOptions, int8_from_keras
+    from darknet2tflite.int8.ranges import quantize_calibrated
     from int8_noise import redraw
     images = SHARED / "images" / "coco"
     annotations = images / "instances.json"

@@ -76,7 +76,8 @@ def _rewrite_lines(applied: list[Any]) -> list[str]:
 
 def run_probe(args: argparse.Namespace) -> int:
     """Returns 0 when every layer is supported for the target (after rewriting), else 1."""
-    from darknet2tflite.probe.prober import probe, probe_with_rewrites
+    from darknet2tflite.probe.prober import probe
+    from darknet2tflite.probe.rules import probe_with_rewrites
 
     cfg = Path(args.cfg)
     if not cfg.is_file():

@@ -39,7 +39,8 @@ def evaluate_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     from darknet2tflite.int8.calibration import CalibrationSet
     from darknet2tflite.evaluation.evaluate import evaluate
     from darknet2tflite.darknet.metadata import write_json
-    from darknet2tflite.int8.quantize import QuantizeResult, assemble_report
+    from darknet2tflite.int8.result import QuantizeResult
+    from darknet2tflite.evaluation.report import assemble_report
 
     q, rw = p["quantize"], p["rewrite"]
     plan = read_json(artifact(q, "plan"))

@@ -25,7 +25,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 
 def probe_stage(cfg: str, weights: str, out_dir: Path, target: str = "int8",
                 images: str | None = None, allow: list[str] | None = None) -> dict[str, Path]:
-    from darknet2tflite.probe.prober import probe_with_rewrites
+    from darknet2tflite.probe.rules import probe_with_rewrites
 
     log(f"probe {Path(cfg).name} for target {target}")
     # the rules' float deviation is measured where the rewritten model is built (rewrite

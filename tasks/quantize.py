@@ -68,7 +68,7 @@ def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
     (its plan's "eval" are the photos it must score; calibration set None if there is no
     second fold, i.e. no evaluation photo is a calibration photo)."""
     from darknet2tflite.int8.calibration import calibrate
-    from darknet2tflite.int8.quantize import plan_images
+    from darknet2tflite.int8.planning import plan_images
 
     plan = plan_images(calibration, eval_images, eval_annotations)
     if fold != 1:
@@ -87,7 +87,7 @@ def has_cross_fold(calibration: str, eval_images: str | None,
     """Whether a fold-2 model is worth converting: annotated evaluation photos that are
     also calibration photos (listing files only; input errors are left to the stage)."""
     from darknet2tflite.errors import UserError
-    from darknet2tflite.int8.quantize import plan_images
+    from darknet2tflite.int8.planning import plan_images
 
     if not (eval_images and eval_annotations):
         return False
@@ -98,10 +98,10 @@ def has_cross_fold(calibration: str, eval_images: str | None,
 
 
 def check_backend(backend: str | None) -> None:
-    """direct, onnx2tf or both (darknet2tflite.int8.onnx_backend.BACKENDS); anything else is a
+    """direct, onnx2tf or both (darknet2tflite.int8.backends.dispatch.BACKENDS); anything else is a
     user error before any stage runs."""
     from darknet2tflite.errors import UserError
-    from darknet2tflite.int8.onnx_backend import BACKENDS
+    from darknet2tflite.int8.backends.dispatch import BACKENDS
 
     if (backend or "direct") not in BACKENDS:
         raise UserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -121,7 +121,7 @@ def scratch(out: Path) -> Iterator[Path]:
 
 
 def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.int8.onnx_backend import quantize_with_backend
+    from darknet2tflite.int8.backends.dispatch import quantize_with_backend
     from darknet2tflite.int8.quantize import QuantizeOptions
 
     backend = p.get("backend") or "direct"

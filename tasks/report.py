@@ -85,7 +85,7 @@ def _pipeline_markdown(s: Mapping[str, Any]) -> str:
 
 
 def report_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.evaluation.evaluate import write_report
+    from darknet2tflite.evaluation.report import write_report
 
     ev = p["evaluate"]
     report = dict(read_json(artifact(ev, "report_json")))

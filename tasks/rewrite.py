@@ -45,7 +45,7 @@ def rewrite_stage(cfg: str, weights: str, names: str | None, probe_json: str,
     doc = [{**r, "applied_layers": applied.get(r["name"], [])} for r in chosen]
     if chosen and images:
         from darknet2tflite.stages.pipeline import load_model_inputs
-        from darknet2tflite.probe.prober import rule_deviations
+        from darknet2tflite.probe.rules import rule_deviations
         log(f"float deviation of {len(chosen)} rule(s) on real images")
         dcfg, dweights = load_model_inputs(cfg, weights)
         per_rule, _ = rule_deviations(dcfg, dweights, rules[:-1], images,

@@ -21,7 +21,7 @@ def test_convert_backend_both_ships_winner_and_keeps_both(prefect_server, yolov3
     from cli.main import main
     from darknet2tflite.evaluation.evaluate import file_meta
     from darknet2tflite.tflite.export import interpreter, run_tflite
-    from darknet2tflite.int8.quantize import check_integer
+    from darknet2tflite.tflite.inspect import check_integer
 
     cfg, weights = yolov3_tiny
     photos = sorted(shared_path("images", "coco").glob("*.jpg"))

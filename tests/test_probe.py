@@ -17,10 +17,13 @@ import pytest
 
 from darknet2tflite.darknet.cfg import parse_cfg
 from darknet2tflite.errors import UserError
-from darknet2tflite.probe.prober import (
-    EXACT_TOLERANCE, OK, Prober, ProfileError, available_profiles, inspect_tflite,
-    load_images, load_profile, probe, probe_with_rewrites, signature, tiny_section,
-)
+from darknet2tflite.probe.prober import EXACT_TOLERANCE, Prober, probe
+from darknet2tflite.probe.report import OK
+from darknet2tflite.probe.profiles import ProfileError, available_profiles, load_profile
+from darknet2tflite.tflite.inspect import inspect_tflite
+from darknet2tflite.probe.rules import load_images, probe_with_rewrites
+from darknet2tflite.probe.signatures import signature
+from darknet2tflite.probe.tiny import tiny_section
 from darknet2tflite.rewrites import Rule, load_rules
 from darknet2tflite.darknet.weights import random_weights
 
@@ -63,7 +66,7 @@ def convert_full_int8(cfg, weights, rules, images: np.ndarray) -> bytes:
 def assert_integer_only(data: bytes, n_heads: int) -> None:
     """Every op's tensors are integer; QUANTIZE only where it reads the model input;
     every output is the raw output of a CONV_2D (no decode after the heads)."""
-    from darknet2tflite.probe.prober import _interpreter
+    from darknet2tflite.tflite.inspect import _interpreter
     s = inspect_tflite(data, max_quant_scale=1e6)
     assert s.float_ops == [], s.float_ops
     assert s.large_scales == [] and s.dead_outputs == []
@@ -268,7 +271,8 @@ def test_probe_cost_follows_signatures_not_depth(v4, v4tiny):
 def test_yolov4_rewritten_converts_integer_only(v4, samples, tmp_path):
     """At 160x160 (same layers and weights, much faster calibration): no float op, and
     the exact mish rule keeps the float heads within 1e-5 on real photos."""
-    from darknet2tflite.probe.prober import _as_weights, deviation
+    from darknet2tflite.probe.prober import _as_weights
+    from darknet2tflite.probe.rules import deviation
     cfg = parse_cfg(resized_cfg(CFG / "yolov4.cfg", tmp_path / "yolov4-160.cfg", 160))
     weights = _as_weights(v4[1], cfg)
     rules = [load_rules()[a.name] for a in v4[4]]

@@ -61,7 +61,7 @@ def v3_run(tmp_path_factory, yolov3_tiny, coco_images, cache_env):
 
 def _check_contract(out: Path, report: dict, image: Path) -> None:
     from darknet2tflite.evaluation.evaluate import file_meta, run_model
-    from darknet2tflite.int8.quantize import check_integer, inspect_ops, input_quantization
+    from darknet2tflite.tflite.inspect import check_integer, inspect_ops, input_quantization
     for f in REQUIRED_FILES:
         assert (out / f).is_file(), f
     data = (out / "model.int8.tflite").read_bytes()
@@ -100,7 +100,7 @@ def _check_report(out: Path, report: dict) -> None:
     assert "L000_conv" in split["layers"] and 0 < split["extra_mac_fraction"] <= 0.15
     before, after = split["layers"]["L000_conv"]["channels"]
     assert after > before
-    from darknet2tflite.int8.quantize import _tname, _to_obj
+    from darknet2tflite.tflite.flatbuffer import _tname, _to_obj
     g = _to_obj((out / "model.int8.tflite").read_bytes()).subgraphs[0]
     shapes = {_tname(t): list(t.shape) for t in g.tensors}
     assert any("L000_leaky" in n and s[-1] == after for n, s in shapes.items())
@@ -489,7 +489,8 @@ def test_grey_network_converts_full_integer_with_float_fallback(tmp_path, coco_i
     writes the fallback model with exactly one Darknet layer left float."""
     from darknet2tflite.evaluation.evaluate import cosine, run_model
     from darknet2tflite.images import load_network_image
-    from darknet2tflite.int8.quantize import check_integer, convert_int8, input_quantization
+    from darknet2tflite.tflite.inspect import check_integer, input_quantization
+    from darknet2tflite.int8.quantize import convert_int8
     from test_parity import _synthetic
     body = "".join(_CONV.format(f, s) for f, s in ((8, 2), (16, 2), (16, 1)))
     cfg_path, w_path = _synthetic(tmp_path, body, size=64, seed=2, channels=1)
@@ -522,7 +523,8 @@ def test_partial_residual_shortcuts_convert_full_integer(tmp_path, coco_images, 
     quantize: full integer, and the int8 head follows the float one."""
     from darknet2tflite.darknet.cfg import parse_cfg
     from darknet2tflite.evaluation.evaluate import cosine, run_model
-    from darknet2tflite.int8.quantize import check_integer, convert_int8, inspect_ops
+    from darknet2tflite.tflite.inspect import check_integer, inspect_ops
+    from darknet2tflite.int8.quantize import convert_int8
     from test_parity import _synthetic
     body = (_CONV.format(8, 2) + _CONV.format(16, 1) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n"
             + _CONV.format(8, 1) + "[shortcut]\nfrom=-2\n\n")
@@ -555,7 +557,8 @@ def test_logistic_heads_are_split_and_box_rounded(tmp_path, coco_images, cache_e
     from darknet2tflite.model.builder import build_keras
     from darknet2tflite.darknet.cfg import parse_cfg
     from darknet2tflite.evaluation.evaluate import cosine, run_model
-    from darknet2tflite.int8.quantize import check_integer, convert_int8, inspect_ops, load_keras
+    from darknet2tflite.tflite.inspect import check_integer, inspect_ops
+    from darknet2tflite.int8.quantize import convert_int8, load_keras
     from darknet2tflite.darknet.weights import random_weights, read_weights, write_weights
     cfg_path = tmp_path / "logistic.cfg"
     cfg_path.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n"

@@ -14,7 +14,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from darknet2tflite.reference.opencv import opencv as ref  # noqa: E402
+from darknet2tflite.reference import opencv as ref  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CFG_DIR = SHARED / "darknet" / "cfg"

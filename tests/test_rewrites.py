@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from darknet2tflite.darknet.cfg import parse_cfg
-from darknet2tflite.probe.prober import (
-    EXACT_TOLERANCE, OK, Prober, inspect_tflite, load_profile, probe, probe_with_rewrites,
-)
+from darknet2tflite.probe.prober import EXACT_TOLERANCE, Prober, probe
+from darknet2tflite.probe.report import OK
+from darknet2tflite.tflite.inspect import inspect_tflite
+from darknet2tflite.probe.profiles import load_profile
+from darknet2tflite.probe.rules import probe_with_rewrites
 from darknet2tflite.rewrites import load_rules
 
 REPO = Path(__file__).resolve().parents[1]

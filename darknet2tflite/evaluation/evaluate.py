@@ -11,19 +11,15 @@
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from darknet2tflite.errors import InputError
+from darknet2tflite.tflite.metrics import latency_ms, sqnr_db
 
 Progress = Callable[[str], None]
 #: Darknet's detector map uses thresh .005 and nms .45 for AP
@@ -33,17 +29,6 @@ NMS_THRESH = 0.45
 DRAW_CONF_THRESH = 0.25
 #: detections kept per image and class: pycocotools' AP uses maxDets=100 per image+category
 MAX_PER_CLASS = 100
-
-
-# --------------------------------------------------------------------------- numerics
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    noise = float(((got.astype(np.float64) - ref) ** 2).sum())
-    signal = float((ref ** 2).sum())
-    if noise == 0:
-        return math.inf
-    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def cosine(ref: np.ndarray, got: np.ndarray) -> float:
@@ -165,60 +150,6 @@ def detect(heads: Sequence[np.ndarray], meta: Mapping[str, Any], sizes: Sequence
             for i, (w, hgt) in enumerate(sizes)]
 
 
-def latency_ms(tflite: str | Path, threads: int, runs: int = 20, warmup: int = 3) -> float:
-    """Median wall time of ``invoke`` on a fixed input (XNNPACK default delegate on)."""
-    from darknet2tflite.tflite.export import interpreter
-    it = interpreter(tflite, threads=threads)
-    d = it.get_input_details()[0]
-    x = np.zeros(d["shape"], d["dtype"])
-    it.set_tensor(d["index"], x)
-    for _ in range(warmup):
-        it.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        it.invoke()
-        times.append((time.perf_counter() - t) * 1000.0)
-    return round(statistics.median(times), 3)
-
-
-# --------------------------------------------------------------------------- debugger
-
-def layer_errors(calibrated: bytes, images: np.ndarray, output_layers: Mapping[str, int],
-                 ) -> list[dict[str, Any]]:
-    """Per-layer int8 error from tf.lite.experimental.QuantizationDebugger, worst first.
-
-    The debug model (NumericVerify ops after each quantized op, fed the quantized input
-    of that op) isolates each layer's own error. Ranked by RMSE / scale, the metric of
-    TensorFlow's debugger guide (0.29 = pure rounding; larger = the range or the op
-    hurts), and named by Darknet layer index."""
-    import tensorflow as tf
-    from darknet2tflite.int8.quantize import layer_of_tensor, quantize_calibrated
-    debug_model = quantize_calibrated(calibrated, debug=True)
-
-    def gen():
-        for i in range(len(images)):
-            yield [np.ascontiguousarray(images[i:i + 1], dtype=np.float32)]
-    dbg = tf.lite.experimental.QuantizationDebugger(quant_debug_model_content=debug_model,
-                                                    debug_dataset=gen)
-    dbg.run()
-    buf = io.StringIO()
-    dbg.layer_statistics_dump(buf)
-    rows = []
-    for r in csv.DictReader(io.StringIO(buf.getvalue())):
-        scale = float(r["scale"])
-        mse = float(r["mean_squared_error"])
-        name = r["tensor_name"]
-        rows.append({
-            "layer": layer_of_tensor(name, output_layers), "tensor": name,
-            "op": r["op_name"], "rmse_over_scale": round(math.sqrt(mse) / scale, 4)
-            if scale > 0 else None,
-            "rmse": math.sqrt(mse), "max_abs_error": float(r["max_abs_error"]),
-            "scale": scale, "range": round(255 * scale, 4)})
-    rows.sort(key=lambda r: -(r["rmse_over_scale"] or 0))
-    return rows
-
-
 # --------------------------------------------------------------------------- stage
 
 def _ap(meta: Mapping[str, Any], dets: list[Any], paths: Sequence[Path], annotations: str | Path
@@ -326,163 +257,3 @@ def _cross_ap(float_tflite: Path, heads: Mapping[str, list[np.ndarray]], paths: 
     qa = _ap(meta, qdets, all_paths, annotations)
     return {"folds": len(cross) + 1, "images": len(all_paths), "float32": fa, "int8": qa,
             "dAP": round(qa["AP"] - fa["AP"], 3), "dAP50": round(qa["AP50"] - fa["AP50"], 3)}
-
-
-# --------------------------------------------------------------------------- report
-
-def _fmt(v: Any, nd: int = 2) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "inf" if math.isinf(v) else f"{v:.{nd}f}"
-    return str(v)
-
-
-def _by_size(ap: Mapping[str, Any]) -> str:
-    """"12.3 / 45.6 / 78.9" (n/a for a size without ground truth; "" for older reports)."""
-    sizes = ap.get("AP_by_size")
-    if not sizes:
-        return ""
-    return " / ".join("n/a" if sizes.get(k) is None else _fmt(sizes[k])
-                      for k in ("small", "medium", "large"))
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return " / ".join(_fmt(x) for x in v)
-    return _fmt(v)
-
-
-#: why one report's AP loss is not the last word (measured with bench/int8_noise.py)
-NOISE_NOTE = ("AP and AP50 losses are one draw: on 86 COCO photos, int8 models of yolov4-tiny "
-              "that differ only in their rounding pattern (activation ranges scaled by "
-              "1 + 1e-6) score ~0.3 AP apart (bench/int8_noise.py, docs/int8.md); compare "
-              "settings by means over several calibrations (bench/int8_splits.py).")
-
-
-def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """report.json (everything) and report.md (tables + detection images)."""
-    from darknet2tflite.darknet.metadata import write_json
-    from darknet2tflite.store.atomic import atomic_write_bytes
-    out = Path(out_dir)
-    write_json(out / "report.json", report)
-    L: list[str] = [f"# int8 conversion report: {report.get('model', '')}", ""]
-    conv = report.get("conversion") or {}
-    if conv:
-        L += ["## Conversion", "", "| item | value |", "|---|---|"]
-        labels = {"seconds": "int8 conversion s (calibrate + ranges + quantize + check)",
-                  "calibration_images": "calibration images",
-                  "mirrored_images": "mirrored copies added to calibration",
-                  "ranges": "activation ranges",
-                  "input_type": "input type", "head_split": "head split layout"}
-        for k, label in labels.items():
-            if k in conv:
-                L.append(f"| {label} | {_fmt(conv[k])} |")
-        if conv.get("channel_split"):
-            from darknet2tflite.int8.channel_split import describe
-            L.append(f"| outlier channels split | {describe(conv['channel_split'])} |")
-        if conv.get("box_rounding"):
-            from darknet2tflite.int8.box_rounding import describe as describe_boxes
-            L.append(f"| box weights rounded with error feedback | "
-                     f"{describe_boxes(conv['box_rounding'])} |")
-        mem = conv.get("memory") or {}
-        if mem:
-            L.append(f"| peak RSS (MB) | {_fmt(mem.get('peak_mb'), 0)} "
-                     f"(+{_fmt(mem.get('delta_mb'), 0)} during conversion) |")
-        chk = conv.get("integer_check") or {}
-        if chk:
-            L.append(f"| full integer | {chk.get('full_integer')} (input {chk['input']['dtype']}, "
-                     f"scale {chk['input']['scale']:.9g}, zero point {chk['input']['zero_point']};"
-                     f" outputs {chk.get('outputs')}) |")
-            L.append(f"| ops | {', '.join(f'{k} x{v}' for k, v in sorted(chk['ops'].items()))} |")
-        L.append("")
-        if mem:
-            L += [f"Memory: {mem.get('method')}.", ""]
-    bk = report.get("backends")
-    if bk:
-        L += ["## Int8 backends (direct vs onnx2tf)", "",
-              f"Shipped as model.int8.tflite: **{bk.get('winner')}** (decided by "
-              f"{bk.get('decided_by')}: {bk.get('reason')}). The other backend's model is "
-              "delivered beside it (model.int8.<backend>.tflite); SQNR on calibration images "
-              "vs the Keras model.", "",
-              "| metric | direct | onnx2tf |", "|---|---|---|"]
-        for r in bk.get("table") or []:
-            L.append(f"| {r['metric']} | {_cell(r['direct'])} | {_cell(r['onnx2tf'])} |")
-        L.append("")
-    ev = report.get("evaluation") or {}
-    if ev.get("ap"):
-        L += ["## Accuracy (held-out images)", "",
-              f"{len(ev.get('images', []))} images, COCO AP@[.5:.95] / AP50, conf "
-              f"{ev.get('conf_thresh_ap')}, NMS {ev.get('nms_thresh')}.", "",
-              "| model | AP | AP50 | dAP | dAP50 | AP small / medium / large | detections |",
-              "|---|---|---|---|---|---|---|"]
-        for k, v in ev["ap"].items():
-            L.append(f"| {k} | {_fmt(v['AP'])} | {_fmt(v['AP50'])} | {_fmt(v['dAP'])} | "
-                     f"{_fmt(v['dAP50'])} | {_by_size(v)} | {v['detections']} |")
-        L.append("")
-    cr = ev.get("ap_cross")
-    if cr:
-        L += [f"Cross-calibrated ({cr['folds']} folds, every one of {cr['images']} images scored "
-              "by an int8 model calibrated without it; the shipped model is fold 1):", "",
-              "| model | AP | AP50 | dAP | dAP50 | AP small / medium / large |",
-              "|---|---|---|---|---|---|",
-              f"| float32 | {_fmt(cr['float32']['AP'])} | {_fmt(cr['float32']['AP50'])} | 0.00 | "
-              f"0.00 | {_by_size(cr['float32'])} |",
-              f"| int8 | {_fmt(cr['int8']['AP'])} | {_fmt(cr['int8']['AP50'])} | {_fmt(cr['dAP'])} | "
-              f"{_fmt(cr['dAP50'])} | {_by_size(cr['int8'])} |", ""]
-    if ev.get("heads"):
-        L += ["## Raw head error vs float32", "",
-              "| model | head | grid | SQNR dB | cosine | xy dB | wh dB | obj dB | cls dB |",
-              "|---|---|---|---|---|---|---|---|---|"]
-        for k, rows in ev["heads"].items():
-            for r in rows:
-                p = r["parts"]
-                L.append(f"| {k} | {r['head']} | {r['grid'][0]}x{r['grid'][1]} | "
-                         f"{_fmt(r['sqnr_db'])} | {r['cosine']:.5f} | "
-                         + " | ".join(_fmt(p[q]['sqnr_db']) for q in ("xy", "wh", "obj", "cls"))
-                         + " |")
-        L.append("")
-    if ev.get("sizes"):
-        lat = ev.get("latency_ms", {})
-        thr = sorted({t for v in lat.values() for t in v}, key=int)
-        L += ["## Size and latency", "",
-              "| model | size (KB) | " + " | ".join(f"{t} thread(s) ms" for t in thr) + " |",
-              "|---|---|" + "---|" * len(thr)]
-        for k, s in ev["sizes"].items():
-            L.append(f"| {k} | {s / 1024:.0f} | "
-                     + " | ".join(_fmt(lat.get(k, {}).get(t)) for t in thr) + " |")
-        L += ["", "Latency: median of repeated `invoke()` on one input, tf.lite.Interpreter "
-              "with its default XNNPACK delegate.", ""]
-    fb = report.get("float_fallback")
-    if fb:
-        L += ["## Float fallback", "",
-              f"Darknet layers kept float: {fb.get('layers')}.", ""]
-        if fb.get("dAP") is not None:
-            L += [f"AP bought vs full int8: {_fmt(fb['dAP'])} AP, {_fmt(fb['dAP50'])} AP50.", ""]
-    le = report.get("worst_layers") or []
-    if le:
-        L += ["## Worst-quantized layers (QuantizationDebugger)", "",
-              "RMSE/scale per op output, each op fed the quantized input (0.29 = rounding only).",
-              "", "| Darknet layer | op | tensor | RMSE/scale | range |", "|---|---|---|---|---|"]
-        for r in le[:10]:
-            L.append(f"| {_fmt(r['layer'])} | {r['op']} | `{r['tensor'][-60:]}` | "
-                     f"{_fmt(r['rmse_over_scale'], 3)} | {_fmt(r['range'], 3)} |")
-        L.append("")
-    tg = report.get("targets")
-    if tg:
-        L += ["## Targets", "", "| target | value | limit | met |", "|---|---|---|---|"]
-        for t in tg:
-            L.append(f"| {t['name']} | {_fmt(t['value'])} | {t['limit']} | "
-                     f"{'yes' if t['met'] else 'NO'} |")
-        L.append("")
-        if ev.get("ap"):
-            L += [NOISE_NOTE, ""]
-    if ev.get("drawn"):
-        L += ["## Detections: float32 (left) vs int8 (right)", "",
-              f"conf {DRAW_CONF_THRESH}, NMS {NMS_THRESH}.", ""]
-        L += [f"![{Path(d).stem}]({d})" for d in ev["drawn"]]
-        L.append("")
-    for w in ev.get("warnings", []) + list(report.get("warnings", [])):
-        L.append(f"> warning: {w}")
-    atomic_write_bytes(out / "report.md", ("\n".join(L) + "\n").encode())
-    return {"report_json": out / "report.json", "report_md": out / "report.md"}
