@@ -262,7 +262,7 @@ def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
                     windows.append({"stage": _stage, "start": t0, "end": time.time()})
         mod.run_stage = timed
 
-    out: dict[str, Any] = {"mode": _settings.MODE, "prefect": _settings.describe(),
+    out: dict[str, Any] = {"mode": _settings.MODE, "prefect": _embedded.describe(),
                            "import_s": round(import_s, 2)}
     with RSSSampler() as rss:
         t0 = time.perf_counter()

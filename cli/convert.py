@@ -20,45 +20,11 @@ from typing import Any
 
 from darknet2tflite.errors import UserError
 from darknet2tflite.options import check as check_options, cli_flag, variant_list
+from darknet2tflite.inputs import existing_dir, existing_file, output_dir
 
 # A copy of tasks._common.STAGES, so a bad --from-stage fails before Prefect and TensorFlow
 # are imported (tests/test_flows.py checks they agree).
 STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
-
-
-def _file(p: str | None, what: str) -> str | None:
-    if p is None:
-        return None
-    path = Path(p)
-    if not path.is_file():
-        raise UserError(f"{what} {p}: no such file")
-    return str(path.resolve())
-
-
-def _dir(p: str | None, what: str) -> str | None:
-    if p is None:
-        return None
-    path = Path(p)
-    if not path.is_dir():
-        raise UserError(f"{what} {p}: no such folder")
-    return str(path.resolve())
-
-
-def output_dir(p: str | None, what: str) -> str | None:
-    """Absolute path of a folder this run will create or write into (``--out``, ``--store``):
-    a one-line error now, not after the conversion, if it is a file or can't be created
-    because an ancestor is a file.  Missing ancestors are fine (created when written)."""
-    if p is None:
-        return None
-    path = Path(p).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{what} {p}: exists and is not a directory")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{what} {p}: {parent} is not a directory")
-            break
-    return str(path.resolve())
 
 
 def parameters_from_args(args: argparse.Namespace) -> dict:
@@ -70,13 +36,13 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
     check_options(vars(args), spell=cli_flag, error=UserError)
     variants = variant_list(args.variants)
     return {
-        "cfg": _file(args.cfg, "cfg"),
-        "weights": _file(args.weights, "weights"),
+        "cfg": existing_file(args.cfg, "cfg"),
+        "weights": existing_file(args.weights, "weights"),
         "out": output_dir(args.out, "--out"),
-        "calibration": _dir(args.calibration, "--calibration"),
-        "eval_annotations": _file(args.eval_annotations, "--eval-annotations"),
-        "eval_images": _dir(args.eval_images, "--eval-images"),
-        "names": _file(args.names, "--names"),
+        "calibration": existing_dir(args.calibration, "--calibration"),
+        "eval_annotations": existing_file(args.eval_annotations, "--eval-annotations"),
+        "eval_images": existing_dir(args.eval_images, "--eval-images"),
+        "names": existing_file(args.names, "--names"),
         "input_type": args.input_type,
         "calibration_limit": args.calibration_limit,
         "float_fallback": args.float_fallback,
@@ -84,7 +50,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
         "calibration_mirror": args.calibration_mirror,
         "variants": ",".join(variants),
         "backend": args.backend,
-        "images": _dir(args.images, "--images"),
+        "images": existing_dir(args.images, "--images"),
         "store": output_dir(args.store, "--store"),
         "from_stage": args.from_stage,
     }
@@ -130,7 +96,6 @@ def run_convert(args: argparse.Namespace) -> int:
     params = parameters_from_args(args)
     if getattr(args, "quiet", False):
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows import _settings  # Prefect environment defaults, before prefect is imported
     from flows import _embedded
     if getattr(args, "task_runner", None):
         from flows.runners import ENV, check_spec
@@ -141,7 +106,7 @@ def run_convert(args: argparse.Namespace) -> int:
     _embedded.wait_ready()
     _quiet_user_error_tracebacks()
     if not getattr(args, "quiet", False):
-        print(f"darknet2tflite: running flow 'convert' on {_settings.describe()}", flush=True)
+        print(f"darknet2tflite: running flow 'convert' on {_embedded.describe()}", flush=True)
     with _embedded.flow_settings():
         state = convert(**params, return_state=True)
     if not state.is_completed():

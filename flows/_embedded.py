@@ -203,3 +203,15 @@ def flow_settings() -> "contextlib.AbstractContextManager[Any]":
         return contextlib.nullcontext()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def describe() -> str:
+    """One line for the CLI: where runs are recorded."""
+    from flows import _settings
+    if current() is not None:
+        return (f"embedded Prefect server {current().api_url} "
+                f"(PREFECT_HOME={os.environ.get('PREFECT_HOME')})")
+    if _settings.MODE == "server":
+        return (f"Prefect server "
+                f"{os.environ.get('PREFECT_API_URL') or _settings.profile_api_url()}")
+    return f"embedded Prefect (ephemeral server, PREFECT_HOME={os.environ.get('PREFECT_HOME')})"

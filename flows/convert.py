@@ -63,7 +63,7 @@ def _check_inputs(p: dict[str, Any]) -> None:
     for k in ("calibration", "eval_images", "images"):
         if p.get(k) is not None and not Path(p[k]).is_dir():
             raise UserError(f"{k} {p[k]}: no such folder")
-    from cli.convert import output_dir
+    from darknet2tflite.inputs import output_dir
     for k in ("out", "store"):
         output_dir(p.get(k), k)
     if p.get("from_stage") and p["from_stage"] not in STAGES:

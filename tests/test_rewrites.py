@@ -221,7 +221,7 @@ def test_maxpool_pad_modes_cover_darknet_paddings():
     """Window geometry: which pads each exact replacement accepts (see maxpool_pad docs)."""
     from hypothesis import given, settings, strategies as st
     from darknet2tflite.model.builder import maxpool_pads
-    from darknet2tflite.darknet.cfg import Section
+    from darknet2tflite.darknet.config import Section
     from darknet2tflite.rewrites.maxpool_pad import pad_mode
     from darknet2tflite.darknet.shapes import SHAPE_RULES
     from darknet2tflite.errors import CfgError

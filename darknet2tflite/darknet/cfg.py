@@ -8,15 +8,14 @@ error naming file, line, section and key.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from darknet2tflite.errors import CfgError
+from darknet2tflite.darknet.config import DarknetConfig, MAX_CHANNELS, MAX_SPATIAL, Option, Section
+from darknet2tflite.darknet.shapes import infer_shapes
 
 MAX_CFG_BYTES = 16 * 1024 * 1024
-MAX_SPATIAL = 8192
-MAX_CHANNELS = 65536
 
 #: Darknet accepts these header spellings (parser.c string_to_layer_type).
 ALIASES: dict[str, str] = {
@@ -80,60 +79,6 @@ KIND_TRAINING_KEYS: dict[str, frozenset[str]] = {
         mask_scale class_scale bias_match log sqrt focal_loss resize max
         """.split()),
 }
-
-
-@dataclass
-class Option:
-    value: str
-    line: int
-
-
-@dataclass
-class Section:
-    """One bracketed section; ``params`` holds the validated, typed values."""
-
-    kind: str
-    header: str
-    line: int
-    index: int
-    file: str
-    options: dict[str, Option] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def error(self, message: str, key: str | None = None) -> CfgError:
-        line = self.options[key].line if key and key in self.options else self.line
-        return CfgError(message, file=self.file, line=line, section=self.header,
-                        layer=self.index, key=key)
-
-    @property
-    def activation(self) -> str:
-        return self.params.get("activation", "linear")
-
-
-@dataclass
-class DarknetConfig:
-    path: Path
-    net: Section
-    layers: list[Section]
-
-    @property
-    def width(self) -> int:
-        return self.net.params["width"]
-
-    @property
-    def height(self) -> int:
-        return self.net.params["height"]
-
-    @property
-    def channels(self) -> int:
-        return self.net.params["channels"]
-
-    @property
-    def letter_box(self) -> bool:
-        return bool(self.net.params["letter_box"])
-
-    def heads(self) -> list[Section]:
-        return [s for s in self.layers if s.kind in ("yolo", "region")]
 
 
 _REQUIRED = object()
@@ -497,6 +442,5 @@ def parse_cfg(path: str | Path) -> DarknetConfig:
                 raise s.error("unknown option for this section", key)
 
     cfg = DarknetConfig(path=path, net=sections[0], layers=sections[1:])
-    from darknet2tflite.darknet.shapes import infer_shapes  # late import: shapes needs the types above
     infer_shapes(cfg)
     return cfg

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from darknet2tflite.darknet.cfg import DarknetConfig
+from darknet2tflite.darknet.config import DarknetConfig
 
 METADATA_NAME = "darknet2tflite"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from darknet2tflite.darknet.cfg import MAX_CHANNELS, MAX_SPATIAL, DarknetConfig, Section
+from darknet2tflite.darknet.config import MAX_CHANNELS, MAX_SPATIAL, DarknetConfig, Section
 
 Shape = tuple[int, int, int]  # (h, w, c)
 MAX_ACTIVATION_ELEMENTS = 128 * 1024 * 1024  # one layer output (512 MB float32): refuse before allocating

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from darknet2tflite.darknet.cfg import DarknetConfig, Section
+from darknet2tflite.darknet.config import DarknetConfig, Section
 from darknet2tflite.errors import WeightsError
 
 

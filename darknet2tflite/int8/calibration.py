@@ -28,7 +28,8 @@ import numpy as np
 
 from darknet2tflite.store.atomic import atomic_write_bytes
 from darknet2tflite.store.cache import cache_root
-from darknet2tflite.darknet.cfg import DarknetConfig, parse_cfg
+from darknet2tflite.darknet.config import DarknetConfig
+from darknet2tflite.darknet.cfg import parse_cfg
 from darknet2tflite.errors import InputError
 from darknet2tflite.images import (IMAGE_EXTENSIONS, NETWORK_CHANNELS, ImageError, check_network_channels,
                      find_images, load_network_image, preprocess)

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import keras
 import numpy as np
 
-from darknet2tflite.darknet.cfg import DarknetConfig, Section
+from darknet2tflite.darknet.config import DarknetConfig, Section
 from darknet2tflite.darknet.metadata import head_output_name
 from darknet2tflite.model.layers import (FLT_MAX, ChannelSlice, ChannelSplit, ConstantPad, DarknetActivation, Reorg,
                      Scale)
 from darknet2tflite.darknet.weights import DarknetWeights
 
 if TYPE_CHECKING:
-    from darknet2tflite.rewrites import Rule
+    from darknet2tflite.model.rule import Rule
 
 BN_EPSILON = 1e-5  # AlexeyAB Darknet (OpenCV uses 1e-6: a 8e-5 relative error on yolov4-tiny)
 

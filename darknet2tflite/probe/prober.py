@@ -41,7 +41,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from darknet2tflite.darknet.cfg import DarknetConfig, Section, parse_cfg
+from darknet2tflite.darknet.config import DarknetConfig, Section
+from darknet2tflite.darknet.cfg import parse_cfg
 from darknet2tflite.darknet.weights import ConvWeights, DarknetWeights, read_weights
 from darknet2tflite.probe.profiles import Profile, load_profile
 from darknet2tflite.probe.report import DEGRADED, OK, ProbeReport, ProbeRow, TargetResult, UNSUPPORTED, _SEVERITY

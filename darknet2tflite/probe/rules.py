@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from darknet2tflite.darknet.cfg import DarknetConfig
+from darknet2tflite.darknet.config import DarknetConfig
 from darknet2tflite.errors import InputError
 from darknet2tflite.darknet.weights import DarknetWeights, random_weights
 from darknet2tflite.probe.prober import EXACT_TOLERANCE, Prober, _as_cfg, _as_list, _as_profiles, _as_weights

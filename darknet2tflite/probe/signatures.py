@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 
-from darknet2tflite.darknet.cfg import DarknetConfig, Section
+from darknet2tflite.darknet.config import DarknetConfig, Section
 
 
 # --------------------------------------------------------------------------- signatures

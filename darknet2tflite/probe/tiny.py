@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from darknet2tflite.darknet.weights import ConvWeights, DarknetWeights, random_weights
 from darknet2tflite.probe.signatures import HEAD_KINDS, signature
 

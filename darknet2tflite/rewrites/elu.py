@@ -5,7 +5,7 @@ range up to e^max(x) (int8 SQNR ~16 dB), and SELECT is absent from TFLite Micro.
 x - relu(x) = min(x, 0) stays in (0, 1]."""
 from __future__ import annotations
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
 from darknet2tflite.rewrites._layers import EluBounded
 

@@ -5,7 +5,7 @@ int8 SELECT forces both branches onto one scale, ~29 dB SQNR). Replacement: MUL,
 RELU, MINIMUM, MUL (~43 dB)."""
 from __future__ import annotations
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
 from darknet2tflite.rewrites._layers import HardMishClip
 

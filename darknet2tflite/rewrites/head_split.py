@@ -23,7 +23,7 @@ from typing import Any
 import keras
 
 from darknet2tflite.model.builder import BuildContext, conv_linear, head_output_name
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from darknet2tflite.model.layers import DarknetActivation
 from . import Rule, register
 

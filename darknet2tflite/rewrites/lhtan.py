@@ -3,7 +3,7 @@
 Default lowering: GREATER, LESS and two SELECTs (absent from TFLite Micro)."""
 from __future__ import annotations
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
 from darknet2tflite.rewrites._layers import PiecewiseLinear
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 
 from darknet2tflite.model.builder import maxpool_is_tf_same, maxpool_pads
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from darknet2tflite.model.layers import ConstantPad
 from . import Rule, register
 from darknet2tflite.rewrites._layers import EdgePad

@@ -8,7 +8,7 @@ bounded intermediates (~38 dB on the same probe). Float deviation from Darknet's
 is a few ulp (exact rule, measured <= 1e-6 relative)."""
 from __future__ import annotations
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
 from darknet2tflite.rewrites._layers import MishLogistic
 

@@ -4,7 +4,7 @@ Darknet's ramp is x * (x > 0) + 0.1 x; lowered literally the bool mask is CAST t
 and QUANTIZEd, a float op inside an int8 model."""
 from __future__ import annotations
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
 from darknet2tflite.rewrites._layers import PiecewiseLinear
 

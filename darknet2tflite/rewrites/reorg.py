@@ -6,7 +6,7 @@ or whose GATHER only takes int32 positions, get the same permutation as three TR
 and three RESHAPEs (see :class:`ReorgTranspose`)."""
 from __future__ import annotations
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
 from darknet2tflite.rewrites._layers import ReorgTranspose
 

@@ -4,7 +4,7 @@ Default lowering: EXP of the whole input + SELECT (int8 SQNR ~8 dB; SELECT absen
 TFLite Micro). Replacement: 1.0507 * relu(x) + 1.0507 * 1.6732 * (exp(x - relu(x)) - 1)."""
 from __future__ import annotations
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
 from darknet2tflite.rewrites._layers import EluBounded
 

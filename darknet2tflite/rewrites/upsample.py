@@ -6,7 +6,7 @@ which is what nearest-neighbour resize computes for an integer factor s with eit
 half-pixel convention (floor((y + 0.5) / s) == y // s), so the replacement is bit-exact."""
 from __future__ import annotations
 
-from darknet2tflite.darknet.cfg import Section
+from darknet2tflite.darknet.config import Section
 from darknet2tflite.model.layers import Scale
 from . import Rule, register
 from darknet2tflite.rewrites._layers import NearestUpsample
