@@ -19,41 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from darknet2tflite.errors import UserError
-from darknet2tflite.options import check as check_options, cli_flag, variant_list
-from darknet2tflite.inputs import existing_dir, existing_file, output_dir
-
-# A copy of tasks._common.STAGES, so a bad --from-stage fails before Prefect and TensorFlow
-# are imported (tests/test_flows.py checks they agree).
-STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
+from darknet2tflite.options import OPTIONS, check_parameters
+from darknet2tflite.stages import STAGES  # noqa: F401  (the stage list, for callers of this module)
 
 
 def parameters_from_args(args: argparse.Namespace) -> dict:
     """The flow parameters (absolute paths) for a parsed `convert` command line."""
-    if args.from_stage and args.from_stage not in STAGES:
-        raise UserError(f"--from-stage {args.from_stage}: expected one of {', '.join(STAGES)}")
-    if args.eval_annotations is not None and args.eval_images is None:
-        raise UserError("--eval-annotations needs --eval-images (the annotated images)")
-    check_options(vars(args), spell=cli_flag, error=UserError)
-    variants = variant_list(args.variants)
-    return {
-        "cfg": existing_file(args.cfg, "cfg"),
-        "weights": existing_file(args.weights, "weights"),
-        "out": output_dir(args.out, "--out"),
-        "calibration": existing_dir(args.calibration, "--calibration"),
-        "eval_annotations": existing_file(args.eval_annotations, "--eval-annotations"),
-        "eval_images": existing_dir(args.eval_images, "--eval-images"),
-        "names": existing_file(args.names, "--names"),
-        "input_type": args.input_type,
-        "calibration_limit": args.calibration_limit,
-        "float_fallback": args.float_fallback,
-        "channel_split": args.channel_split,
-        "calibration_mirror": args.calibration_mirror,
-        "variants": ",".join(variants),
-        "backend": args.backend,
-        "images": existing_dir(args.images, "--images"),
-        "store": output_dir(args.store, "--store"),
-        "from_stage": args.from_stage,
-    }
+    return check_parameters({o.name: getattr(args, o.name) for o in OPTIONS if o.cli},
+                            cli=True)
 
 
 class _NoUserErrorTracebacks(logging.Filter):

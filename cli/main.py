@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from darknet2tflite.int8.augment import MIRROR_BELOW
-from darknet2tflite.int8.channel_split import MAC_BUDGET
 from darknet2tflite.errors import UserError
+from darknet2tflite.options import add_cli_arguments
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "3")
@@ -72,7 +71,8 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
     from darknet2tflite.darknet.fetch import KNOWN_WEIGHTS, fetch_weights
     if args.name not in KNOWN_WEIGHTS:
         raise UserError(f"unknown model '{args.name}' (known: {', '.join(KNOWN_WEIGHTS)})")
-    dest = Path(args.dest) if args.dest else Path(__file__).resolve().parents[1] / "weights"
+    from darknet2tflite.paths import REPO_ROOT
+    dest = Path(args.dest) if args.dest else REPO_ROOT / "weights"
     path = fetch_weights(args.name, dest, progress=_progress(args.quiet))
     print(path)
     return 0
@@ -126,42 +126,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _add_convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cfg", help="Darknet .cfg file")
-    p.add_argument("weights", help="Darknet .weights file matching the cfg")
-    p.add_argument("--out", required=True,
-                   help="output folder (model.keras, model.float32.tflite, model.int8.tflite, "
-                        "model.json, report.json, report.md), written when the run succeeds")
-    p.add_argument("--calibration", required=True,
-                   help="folder of calibration images (jpg/png/bmp, searched recursively)")
-    p.add_argument("--eval-annotations", help="COCO-format json for AP/AP50 (needs --eval-images)")
-    p.add_argument("--eval-images", help="folder of evaluation images")
-    p.add_argument("--names", help="class names, one per line (used in reports and drawings)")
-    p.add_argument("--input-type", choices=("uint8", "int8"), default="uint8",
-                   help="int8 model input: uint8 raw pixels (scale 1/255, zero point 0) or int8 "
-                        "(default: %(default)s)")
-    p.add_argument("--calibration-limit", type=int, default=500, metavar="N",
-                   help="use at most N calibration images, shuffled deterministically "
-                        "(default: %(default)s)")
-    p.add_argument("--float-fallback", type=int, default=0, metavar="N",
-                   help="also write model.int8-fallback.tflite with the N most "
-                        "quantization-sensitive layers kept float, and report what it buys")
-    p.add_argument("--channel-split", type=float, default=MAC_BUDGET, metavar="BUDGET",
-                   help="split outlier channels of early layers before int8 calibration "
-                        "(exact in float, finer int8 steps) while the extra multiply-"
-                        "accumulates stay within BUDGET x the model's; 0 turns it off "
-                        "(default: %(default)s)")
-    p.add_argument("--calibration-mirror", type=int, default=MIRROR_BELOW, metavar="N",
-                   help="calibration sets of fewer than N images also calibrate on a "
-                        "left-right mirrored copy of every image (int8); 0 turns it off "
-                        "(default: %(default)s)")
-    p.add_argument("--variants", default="", help="comma list of float16,dynamic,int16x8")
-    p.add_argument("--backend", choices=("direct", "onnx2tf", "both"), default="direct",
-                   help="int8 conversion route: TFLiteConverter (direct), Keras -> ONNX -> "
-                        "onnx2tf, or both (compared, the better one shipped); default: "
-                        "%(default)s")
-    p.add_argument("--from-stage", help="rerun from this stage, reusing earlier artifacts")
-    p.add_argument("--store", help="artifact store folder (default: .store in the repo)")
-    p.add_argument("--images", help="images for the float parity check (default: samples)")
+    add_cli_arguments(p)  # the option table: darknet2tflite/options.py
     p.add_argument("--task-runner", metavar="SPEC",
                    help="where stages run: threads (default), dask (local cluster) or a Dask "
                         "scheduler address tcp://host:8786 (same as $DARKNET2TFLITE_TASK_RUNNER)")

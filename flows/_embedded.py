@@ -33,10 +33,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from darknet2tflite.paths import REPO_ROOT
 from typing import Any
 
 OPT_OUT = "DARKNET2TFLITE_EMBEDDED_SERVER"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 _PR_SET_PDEATHSIG = 1
 
 

@@ -27,7 +27,8 @@ import os
 import tomllib
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from darknet2tflite.paths import REPO_ROOT
+
 PROJECT_PREFECT_HOME = REPO_ROOT / ".prefect"
 EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 

@@ -33,16 +33,12 @@ from prefect.states import Completed, Failed
 
 from darknet2tflite.int8.augment import MIRROR_BELOW
 from darknet2tflite.int8.channel_split import MAC_BUDGET
+from darknet2tflite.options import MANIFEST_KEYS, PATH_KEYS
 from flows.convert import convert
 from flows.runners import make_task_runner
 
-#: manifest keys a model entry may set (the convert flow's parameters)
-MODEL_KEYS = ("name", "cfg", "weights", "calibration", "eval_annotations", "eval_images",
-              "names", "input_type", "calibration_limit", "float_fallback", "channel_split",
-              "calibration_mirror", "variants",
-              "backend", "images", "target")
-PATH_KEYS = ("cfg", "weights", "calibration", "eval_annotations", "eval_images", "names",
-             "images")
+#: manifest keys a model entry may set (the convert flow's parameters; options.py)
+MODEL_KEYS = MANIFEST_KEYS
 
 
 def discover_models(source: str | Path, defaults: dict[str, Any]) -> list[dict[str, Any]]:

@@ -37,8 +37,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 
 from darknet2tflite.int8.augment import MIRROR_BELOW
 from darknet2tflite.int8.channel_split import MAC_BUDGET
-from darknet2tflite.errors import UserError
-from darknet2tflite.options import check as check_options, variant_list
+from darknet2tflite.options import check_parameters, variant_list
 from darknet2tflite.store.artifacts import ArtifactStore
 from flows.runners import make_task_runner
 from tasks._common import STAGES, artifact, read_json, result_storage, store_root
@@ -56,23 +55,9 @@ def slug(text: str) -> str:
 
 
 def _check_inputs(p: dict[str, Any]) -> None:
-    """Same checks as the CLI, for runs triggered from the UI / `prefect deployment run`."""
-    for k in ("cfg", "weights", "names", "eval_annotations"):
-        if p.get(k) is not None and not Path(p[k]).is_file():
-            raise UserError(f"{k} {p[k]}: no such file")
-    for k in ("calibration", "eval_images", "images"):
-        if p.get(k) is not None and not Path(p[k]).is_dir():
-            raise UserError(f"{k} {p[k]}: no such folder")
-    from darknet2tflite.inputs import output_dir
-    for k in ("out", "store"):
-        output_dir(p.get(k), k)
-    if p.get("from_stage") and p["from_stage"] not in STAGES:
-        raise UserError(f"from_stage {p['from_stage']}: expected one of {', '.join(STAGES)}")
-    check_options(p, error=UserError)
-    if p.get("eval_annotations") and not p.get("eval_images"):
-        raise UserError("eval_annotations need eval_images")
-    from tasks.quantize import check_backend
-    check_backend(p.get("backend"))
+    """Same checks as the CLI (darknet2tflite/options.py), for runs triggered from the UI /
+    `prefect deployment run`."""
+    check_parameters(p)
 
 
 @flow(name="convert", flow_run_name=_run_name, task_runner=make_task_runner(),

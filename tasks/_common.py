@@ -37,6 +37,8 @@ from typing import Any
 import flows._settings  # noqa: F401  (Prefect env defaults before `import prefect`)
 
 from darknet2tflite.errors import UserError
+from darknet2tflite.paths import store_root
+from darknet2tflite.stages import STAGES  # noqa: F401  (the flow reads it from here)
 from darknet2tflite.store.artifacts import ArtifactStore, stage_key
 
 from prefect import get_run_logger
@@ -45,11 +47,6 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.states import Completed, State
 
-#: Pipeline order (``--from-stage`` invalidates a stage and every one after it).
-STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STORE = REPO_ROOT / ".store"
 RESULTS_DIRNAME = "prefect-results"
 
 #: (stage, key) of every stage body that actually ran its producer in this process; a
@@ -58,10 +55,6 @@ PRODUCED: list[tuple[str, str]] = []
 _produced_lock = threading.Lock()
 
 KeyParts = Callable[[Mapping[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
-
-
-def store_root(store: str | os.PathLike[str] | None) -> Path:
-    return Path(store).expanduser().resolve() if store else DEFAULT_STORE
 
 
 def result_storage(store: str | os.PathLike[str] | None) -> Path:

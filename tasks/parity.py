@@ -11,8 +11,8 @@ STAGE = "parity"
 
 
 def _images(p: Mapping[str, Any]) -> str:
-    from darknet2tflite.stages.pipeline import DEFAULT_IMAGES
-    return p.get("images") or str(DEFAULT_IMAGES)
+    from darknet2tflite.paths import images_or_default
+    return images_or_default(p.get("images"))
 
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -14,8 +14,8 @@ STAGE = "probe"
 
 
 def _images(p: Mapping[str, Any]) -> str:
-    from darknet2tflite.stages.pipeline import DEFAULT_IMAGES
-    return p.get("images") or str(DEFAULT_IMAGES)
+    from darknet2tflite.paths import images_or_default
+    return images_or_default(p.get("images"))
 
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:

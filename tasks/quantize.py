@@ -18,6 +18,9 @@ from typing import Any, Iterator, Mapping
 
 from prefect import task
 
+from darknet2tflite.errors import UserError
+from darknet2tflite.options import check as check_options, value
+
 from ._common import TASK_OPTIONS, StoreCachePolicy, artifact, log, run_stage
 
 STAGE = "quantize"
@@ -25,6 +28,9 @@ RANGES = "mse"
 #: QuantizeOptions.box_rounding as this stage runs it; in the cache key too, so models
 #: quantized before it existed recompute
 BOX_ROUNDING = True
+#: the convert options (options.py) an int8 conversion depends on: in its cache key and
+#: its QuantizeOptions (backend: which route runs them)
+INT8_OPTIONS = ("input_type", "float_fallback", "backend", "channel_split", "calibration_mirror")
 
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -38,27 +44,12 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
         # which images calibrate depends on the evaluation set too (held-out split)
         inputs.update(calibration=p["calibration"], eval_images=p.get("eval_images"),
                       eval_annotations=p.get("eval_annotations"))
-        options.update(calibration_limit=p.get("calibration_limit"))
+        options.update(calibration_limit=value(p, "calibration_limit"))
     if mode == "int8":
         from darknet2tflite.int8.box_rounding import SCARCITY  # the damping rule: small sets change
-        options.update(input_type=p.get("input_type") or "uint8",
-                       float_fallback=int(p.get("float_fallback") or 0),
-                       backend=p.get("backend") or "direct", ranges=RANGES,
-                       box_rounding=BOX_ROUNDING, box_scarcity=SCARCITY,
-                       channel_split=split_budget(p), calibration_mirror=mirror_target(p))
+        options.update({k: value(p, k) for k in INT8_OPTIONS})
+        options.update(ranges=RANGES, box_rounding=BOX_ROUNDING, box_scarcity=SCARCITY)
     return inputs, options
-
-
-def split_budget(p: Mapping[str, Any]) -> float:
-    from darknet2tflite.int8.channel_split import MAC_BUDGET
-    v = p.get("channel_split")
-    return MAC_BUDGET if v is None else float(v)
-
-
-def mirror_target(p: Mapping[str, Any]) -> int:
-    from darknet2tflite.int8.augment import MIRROR_BELOW
-    v = p.get("calibration_mirror")
-    return MIRROR_BELOW if v is None else int(v)
 
 
 def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
@@ -97,16 +88,6 @@ def has_cross_fold(calibration: str, eval_images: str | None,
         return False
 
 
-def check_backend(backend: str | None) -> None:
-    """direct, onnx2tf or both (darknet2tflite.int8.backends.dispatch.BACKENDS); anything else is a
-    user error before any stage runs."""
-    from darknet2tflite.errors import UserError
-    from darknet2tflite.int8.backends.dispatch import BACKENDS
-
-    if (backend or "direct") not in BACKENDS:
-        raise UserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-
-
 @contextmanager
 def scratch(out: Path) -> Iterator[Path]:
     """Working space (the calibration array) inside the stage's own temp dir in the store:
@@ -124,8 +105,8 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
     from darknet2tflite.int8.backends.dispatch import quantize_with_backend
     from darknet2tflite.int8.quantize import QuantizeOptions
 
-    backend = p.get("backend") or "direct"
-    check_backend(backend)
+    backend = value(p, "backend")
+    check_options({"backend": backend}, error=UserError)
     rw = p["rewrite"]
     fold = int(p.get("fold") or 1)
     paths: dict[str, Path] = {}
@@ -137,11 +118,8 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
             if fold != 1:
                 log(f"cross-calibration fold {fold}: int8 model calibrated without the "
                     f"{len(plan['eval'])} photos it will score")
-            opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
-                                   float_fallback=int(p.get("float_fallback") or 0),
-                                   channel_split=split_budget(p),
-                                   calibration_mirror=mirror_target(p),
-                                   box_rounding=BOX_ROUNDING)
+            opts = QuantizeOptions(**{k: value(p, k) for k in INT8_OPTIONS if k != "backend"},
+                                   ranges=RANGES, box_rounding=BOX_ROUNDING)
             if fold != 1:
                 # the fallback model and the per-layer debugger table (~8 s) are deliverables
                 # of the shipped fold only: nothing reads the swapped fold's

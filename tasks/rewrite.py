@@ -21,8 +21,8 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 
 
 def _images(p: Mapping[str, Any]) -> str:
-    from darknet2tflite.stages.pipeline import DEFAULT_IMAGES
-    return p.get("images") or str(DEFAULT_IMAGES)
+    from darknet2tflite.paths import images_or_default
+    return images_or_default(p.get("images"))
 
 
 def rewrite_stage(cfg: str, weights: str, names: str | None, probe_json: str,

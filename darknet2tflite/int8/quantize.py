@@ -43,7 +43,7 @@ import numpy as np
 from darknet2tflite.int8.augment import MIRROR_BELOW, mirrored_count
 from darknet2tflite.int8.channel_split import MAC_BUDGET
 from darknet2tflite.errors import InputError, UserError
-from darknet2tflite.options import check as check_options
+from darknet2tflite.options import BY_NAME, check as check_options
 from darknet2tflite.evaluation.report import assemble_report
 from darknet2tflite.int8.peak_rss import PeakRSS
 from darknet2tflite.int8.planning import _existing, plan_images
@@ -55,18 +55,18 @@ from darknet2tflite.int8.result import QuantizeResult
 
 @dataclass
 class QuantizeOptions:
-    input_type: str = "uint8"            # "uint8" (raw pixels) or "int8"
+    input_type: str = BY_NAME["input_type"].default  # "uint8" (raw pixels) or "int8"
     ranges: str = "mse"                  # options.RANGE_METHODS (refine_ranges)
     variants: tuple[str, ...] = ()       # any of options.VARIANTS
-    float_fallback: int = 0              # keep the N worst layers float (extra model file)
+    float_fallback: int = BY_NAME["float_fallback"].default  # keep the N worst layers float
     calibration_limit: int | None = None  # use only the first N images of the array
     #: images for the QuantizationDebugger layer table; its cost is per image (yolov4-tiny:
     #: 6.5 s for 16, 3.2 s for 8) and 8 name the same five worst layers as 16 there
     debug_images: int = 8
     #: extra MACs allowed for outlier channel splitting (channel_split.py); 0 turns it off
-    channel_split: float = MAC_BUDGET
+    channel_split: float = BY_NAME["channel_split"].default
     #: calibration sets of fewer photos also calibrate on their mirrored copies (augment.py)
-    calibration_mirror: int = MIRROR_BELOW
+    calibration_mirror: int = BY_NAME["calibration_mirror"].default
     #: round the heads' box weights with error feedback (box_rounding.py)
     box_rounding: bool = True
 

@@ -19,11 +19,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from darknet2tflite.errors import UserError
+from darknet2tflite.paths import DEFAULT_IMAGES
 from darknet2tflite.darknet.metadata import decode_metadata, read_names, write_json
 
 Progress = Callable[[str], None]
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_IMAGES = REPO_ROOT / "data" / "samples"
 
 
 class ParityError(UserError):

@@ -14,9 +14,9 @@ from darknet2tflite.store.atomic import atomic_write_bytes
 from darknet2tflite.int8.backends.compare import compare_backends, int8_fidelity
 from darknet2tflite.int8.backends.onnx2tf import onnx2tf_stage
 from darknet2tflite.int8.backends.outcome import run_backend
+from darknet2tflite.options import BACKENDS
 
 
-BACKENDS = ("direct", "onnx2tf", "both")
 
 
 def _json_default(o: Any) -> Any:
