@@ -40,7 +40,9 @@ def _existing_file(p: str) -> Path:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from darknet2tflite.stages.pipeline import build_stage, parity_stage, staged_output
+    from darknet2tflite.stages.build import build_stage
+    from darknet2tflite.stages.parity import parity_stage
+    from darknet2tflite.store.output import staged_output
     cfg, weights = _existing_file(args.cfg), _existing_file(args.weights)
     names = _existing_file(args.names) if args.names else None
     progress = _progress(args.quiet)

@@ -41,7 +41,7 @@ from darknet2tflite.options import check_parameters, variant_list
 from darknet2tflite.store.artifacts import ArtifactStore
 from flows.runners import make_task_runner
 from tasks._common import STAGES, artifact, read_json, result_storage, store_root
-from tasks.quantize import has_cross_fold
+from darknet2tflite.stages.quantize import has_cross_fold, plan_run
 
 
 def _run_name() -> str:
@@ -159,7 +159,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     # Joined payloads are passed on as plain dicts; wait_for keeps the dependency edges in
     # the UI's task graph.  int8 and the extra variants convert concurrently.
     t, kw = stage(quantize_task, "quantize")
-    qopts = dict(cfg=cfg, rewrite=results["rewrite"], calibration=calibration,
+    plan = plan_run(calibration, eval_images, eval_annotations)  # once per run, for every fold
+    qopts = dict(cfg=cfg, rewrite=results["rewrite"], calibration=calibration, plan=plan,
                  calibration_limit=calibration_limit, eval_images=eval_images,
                  eval_annotations=eval_annotations,
                  wait_for=[futures["rewrite"], futures["parity"]], **kw)
@@ -173,7 +174,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     # AP covers every annotated photo, each scored by an int8 model that never saw it.  It
     # runs after the shipped model's conversion, not beside it: a conversion already keeps
     # the cores busy (no wall time gained) and the shipped model's timing stays its own.
-    if has_cross_fold(calibration, eval_images, eval_annotations):
+    if has_cross_fold(plan, eval_images, eval_annotations):
         fold2 = t.with_options(task_run_name="quantize-int8-fold2")
         futures["quantize[fold2]"] = fold2.submit(
             mode="int8", fold=2, input_type=input_type, channel_split=channel_split,
@@ -281,7 +282,7 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
     markdown_artifact(key=f"{key}-rewrites", markdown="\n".join(md),
                              description=f"{model}: op rewrites")
 
-    from tasks.evaluate import evaluation_rows
+    from darknet2tflite.stages.evaluate import evaluation_rows
     rows = evaluation_rows(read_json(artifact(stages["evaluate"], "report_json")))
     if rows:
         table_artifact(key=f"{key}-int8-evaluation", table=rows,

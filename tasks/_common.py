@@ -27,7 +27,6 @@ Task return values are strings and dicts only (never bytes), serialised as JSON 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -39,6 +38,7 @@ import flows._settings  # noqa: F401  (Prefect env defaults before `import prefe
 from darknet2tflite.errors import UserError
 from darknet2tflite.paths import store_root
 from darknet2tflite.stages import STAGES  # noqa: F401  (the flow reads it from here)
+from darknet2tflite.stages.payload import artifact, read_json  # noqa: F401  (for the tasks)
 from darknet2tflite.store.artifacts import ArtifactStore, stage_key
 
 from prefect import get_run_logger
@@ -73,13 +73,6 @@ def log(msg: str) -> None:
         get_run_logger().info(msg)
     except MissingContextError:
         pass
-
-
-def artifact(payload: Mapping[str, Any] | None, name: str) -> str | None:
-    """Path of one artifact of an upstream task's payload (None if absent)."""
-    if not payload:
-        return None
-    return payload.get("artifacts", {}).get(name)
 
 
 @dataclasses.dataclass
@@ -163,12 +156,6 @@ def run_stage(stage: str, store: str | None, key_inputs: dict[str, Any],
         return Completed(name="Cached", data=payload,
                          message=f"{stage}: reused verified store entry {key[:12]}")
     return payload
-
-
-def read_json(path: str | os.PathLike[str] | None) -> Any:
-    if not path:
-        return None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 # Options every stage task is declared with; the per-run bits (result storage under the store

@@ -28,7 +28,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 def parity(cfg: str, weights: str, build: dict, images: str | None = None,
            tolerance: float | None = None, store: str | None = None, refresh: bool = False,
            require_cached: bool = False):
-    from darknet2tflite.stages.pipeline import parity_stage
+    from darknet2tflite.stages.parity import parity_stage
 
     p = locals()
 

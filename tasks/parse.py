@@ -18,7 +18,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
       **TASK_OPTIONS)
 def parse(cfg: str, weights: str, names: str | None = None, store: str | None = None,
           refresh: bool = False, require_cached: bool = False):
-    from darknet2tflite.stages.pipeline import parse_stage
+    from darknet2tflite.stages.parse import parse_stage
 
     p = locals()
     return run_stage(STAGE, store, *key_parts(p),

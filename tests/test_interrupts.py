@@ -240,7 +240,7 @@ def kill_partial_writer(out: Path, log: Path) -> None:
     ``staged_output``, i.e. a deliver step killed mid-copy: its temp dir stays behind."""
     code = textwrap.dedent(f"""
         import sys, time
-        from darknet2tflite.stages.pipeline import staged_output
+        from darknet2tflite.store.output import staged_output
         with staged_output({str(out)!r}) as tmp:
             (tmp / "model.int8.tflite").write_bytes(b"half-written")
             print("writing", flush=True)
@@ -467,7 +467,7 @@ def test_staged_output_refuses_file_and_cleans_only_dead_partials(tmp_path: Path
     """A live writer's temp dir (flock held) is never touched by a second writer; a dead
     one's is removed."""
     from darknet2tflite.errors import UserError
-    from darknet2tflite.stages.pipeline import staged_output
+    from darknet2tflite.store.output import staged_output
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a directory"):
@@ -494,7 +494,7 @@ def test_names_from_inputs_cannot_escape_out(tmp_path: Path) -> None:
     """Output names that come from input files (evaluation image names -> report images,
     batch model names -> out/<name>) are confined to the output folder."""
     from flows.batch import discover_models
-    from tasks.report import deliverable_files, safe_relpath
+    from darknet2tflite.stages.report import deliverable_files, safe_relpath
 
     for bad in ("../x.png", "/etc/x.png", "report_images/../../x.png", "a//b", "", "."):
         with pytest.raises(ValueError):

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet2tflite.int8.backends import compare, onnx2tf, onnx_export, outcome
+from darknet2tflite.int8.backends import compare, onnx_export, outcome
+from darknet2tflite.int8.backends import onnx2tf as o2t
 from darknet2tflite.tflite import inspect, metrics as tflite_metrics
 
 N_CALIB = 32
@@ -88,7 +89,7 @@ def _run(cfg_pair, coco: Path, out: Path, layout: str, quantizer: str, from_path
     guard = NetworkGuard()
     with pytest.MonkeyPatch.context() as mp:
         guard.install(mp)
-        res = onnx2tf.onnx2tf_convert(onnx_path, out, calib, "uint8", meta, quantizer=quantizer,
+        res = o2t.onnx2tf_convert(onnx_path, out, calib, "uint8", meta, quantizer=quantizer,
                                  keras_model=model, eval_batch=evalb, latency_runs=3)
     return {"cfg": cfg, "model": model, "meta": meta, "calib": calib, "eval": evalb,
             "onnx": onnx_path, "parity": parity, "result": res, "guard": guard}
@@ -191,7 +192,7 @@ def test_onnx2tf_never_touches_the_network(which, request):
     assert run["result"]["network"]["sample_requests_served_locally"] >= 1
     import importlib
     common = importlib.import_module("onnx2tf.utils.common_functions")
-    assert not isinstance(common.requests, onnx2tf._NoNetwork)  # patch was undone
+    assert not isinstance(common.requests, o2t._NoNetwork)  # patch was undone
 
 
 @pytest.mark.slow
@@ -200,7 +201,7 @@ def test_compare_with_direct_backend_on_real_model(v4):
     from darknet2tflite.tflite.export import convert, interpreter, run_tflite
     model, meta, calib, evalb = v4["model"], v4["meta"], v4["calib"], v4["eval"]
     data = convert(model, mode="int8",
-                   representative=lambda: ([x[None]] for x in onnx2tf._pin_input_range(calib)))
+                   representative=lambda: ([x[None]] for x in o2t._pin_input_range(calib)))
     ref = model.predict(evalb, batch_size=1, verbose=0)
     from darknet2tflite.tflite.export import head_tensor_names
     it = interpreter(data)
@@ -232,7 +233,7 @@ def _tiny_meta() -> dict:
 
 def test_bad_onnx_path_is_reported_not_raised(tmp_path):
     cal = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
-    res = onnx2tf.onnx2tf_convert(tmp_path / "missing.onnx", tmp_path / "out", cal, "uint8",
+    res = o2t.onnx2tf_convert(tmp_path / "missing.onnx", tmp_path / "out", cal, "uint8",
                              _tiny_meta())
     assert res["status"] == "failed"
     assert res["reason"] and "\n" not in res["reason"]
@@ -240,7 +241,7 @@ def test_bad_onnx_path_is_reported_not_raised(tmp_path):
 
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not an onnx file")
-    res = onnx2tf.onnx2tf_convert(garbage, tmp_path / "out2", cal, "uint8", _tiny_meta())
+    res = o2t.onnx2tf_convert(garbage, tmp_path / "out2", cal, "uint8", _tiny_meta())
     assert res["status"] == "failed" and "\n" not in res["reason"]
 
 
@@ -259,7 +260,7 @@ def test_onnx2tf_sys_exit_is_reported(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx2tf, "convert", boom)
     cal = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
-    res = onnx2tf.onnx2tf_convert(onnx_path, tmp_path / "out", cal, "uint8", _tiny_meta())
+    res = o2t.onnx2tf_convert(onnx_path, tmp_path / "out", cal, "uint8", _tiny_meta())
     assert res["status"] == "failed"
     assert "simulated onnx2tf failure" in res["reason"] and "\n" not in res["reason"]
     # the temporary onnx2tf work dir is gone, the log is kept
@@ -340,7 +341,7 @@ def test_int8_input_type_on_tiny_model(tmp_path, quantizer, layout):
     guard = NetworkGuard()
     with pytest.MonkeyPatch.context() as mp:
         guard.install(mp)
-        res = onnx2tf.onnx2tf_convert(onnx_path, tmp_path / "out", cal, "int8", meta,
+        res = o2t.onnx2tf_convert(onnx_path, tmp_path / "out", cal, "int8", meta,
                                  quantizer=quantizer, latency_runs=1)
     assert guard.attempts == []
     assert res["status"] == "ok", res["reason"]
@@ -356,8 +357,8 @@ def test_int8_input_type_on_tiny_model(tmp_path, quantizer, layout):
 
 def test_pin_input_range():
     x = np.full((2, 4, 4, 3), 0.5, np.float32)
-    y = onnx2tf._pin_input_range(x)
+    y = o2t._pin_input_range(x)
     assert y.min() == 0.0 and y.max() == 1.0
     assert np.count_nonzero(y != 0.5) == 6  # one pixel (3 channels) per missing extreme
     z = np.concatenate([np.zeros((1, 4, 4, 3)), np.ones((1, 4, 4, 3))]).astype(np.float32)
-    assert np.array_equal(onnx2tf._pin_input_range(z), z)
+    assert np.array_equal(o2t._pin_input_range(z), z)

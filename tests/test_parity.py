@@ -13,7 +13,8 @@ from darknet2tflite.darknet.cfg import ACTIVATIONS, parse_cfg
 from darknet2tflite.tflite.export import convert, interpreter, run_tflite
 from darknet2tflite.darknet.metadata import decode_metadata
 from darknet2tflite.reference.parity import PARITY_TOLERANCE, compare_heads
-from darknet2tflite.stages.pipeline import build_stage, parity_images, parity_stage
+from darknet2tflite.stages.build import build_stage
+from darknet2tflite.stages.parity import parity_images, parity_stage
 from darknet2tflite.reference.opencv import opencv_heads, opencv_supports
 from darknet2tflite.darknet.weights import random_weights, read_weights, write_weights
 

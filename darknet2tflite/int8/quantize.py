@@ -99,7 +99,7 @@ def build_int8_model(cfg_path: str | Path, weights_path: str | Path, out_dir: st
                      names_path: str | Path | None = None, rules: Sequence[Any] | None = None,
                      progress: Progress = print) -> dict[str, Path]:
     """model.keras, model.float32.tflite and model.json of the head-split model."""
-    from darknet2tflite.stages.pipeline import build_stage
+    from darknet2tflite.stages.build import build_stage
     try:
         return build_stage(cfg_path, weights_path, out_dir, names_path,
                            int8_rules() if rules is None else rules, progress=progress)
@@ -284,7 +284,7 @@ def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | 
     from darknet2tflite.int8.calibration import calibrate
     from darknet2tflite.evaluation.evaluate import evaluate
     from darknet2tflite.evaluation.report import write_report
-    from darknet2tflite.stages.pipeline import staged_output
+    from darknet2tflite.store.output import staged_output
 
     say = progress or (lambda _m: None)
     opts = QuantizeOptions(input_type=input_type, ranges=ranges, variants=tuple(variants),
