@@ -1,7 +1,7 @@
 """Prefect's embedded server, started by us before Prefect is imported.
 
 Why: a `darknet2tflite convert` whose stages all come from the store does about one second of
-work, yet used to take 7 s.  Prefect's own ephemeral mode starts its server lazily, on the
+work, yet with Prefect's own ephemeral mode took 7 s: that mode starts its server lazily, on the
 first API call of the flow: it first imports its whole server package in *this* process
 (~2.4 s, only to read the class that spawns it) and then waits while the child imports it again
 and starts (~3.3 s).  Spawning the same uvicorn command ourselves, first thing in the CLI,

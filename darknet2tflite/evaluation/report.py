@@ -175,8 +175,6 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     return {"report_json": out / "report.json", "report_md": out / "report.md"}
 
 
-# --------------------------------------------------------------------------- entry point
-
 #: accuracy / speed targets checked in the report (issue 4)
 TARGETS = {"max_ap_loss": 1.0, "max_ap50_loss": 0.3, "min_speedup_1thread": 5.0,
            "max_conversion_seconds": 120.0}

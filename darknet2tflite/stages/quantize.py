@@ -14,8 +14,7 @@ from darknet2tflite.options import check as check_options, value
 
 from darknet2tflite.stages.payload import artifact, Progress, quiet
 RANGES = "mse"
-#: QuantizeOptions.box_rounding as this stage runs it; in the cache key too, so models
-#: quantized before it existed recompute
+#: QuantizeOptions.box_rounding as this stage runs it (in the cache key too)
 BOX_ROUNDING = True
 #: the convert options (options.py) an int8 conversion depends on: in its cache key and
 #: its QuantizeOptions (backend: which route runs them)
