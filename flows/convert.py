@@ -96,7 +96,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
         variants: comma list of extra variants: float16, dynamic, int16x8.
         backend: int8 backend: direct (TFLiteConverter), onnx2tf, or both (keep the better).
         images: images for the float parity check and probe (default: data/samples).
-        store: artifact store folder (default: .store in the repo).
+        store: artifact store folder (default: $DARKNET2TFLITE_STORE, else .store in the
+            current folder of the process that runs the flow).
         from_stage: recompute this stage and every later one (parse, build, parity, probe,
             rewrite, quantize, evaluate, report); earlier ones must already be in the store.
         target: TFLite target profile the op probe checks against (default int8).

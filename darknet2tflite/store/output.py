@@ -1,8 +1,5 @@
-"""Stage functions shared by the CLI and the Prefect tasks.
-
-Each stage reads its inputs from paths and writes its artifacts into ``out_dir`` only, and
-returns ``{artifact name: path}``; that is what lets the artifact store cache, verify and
-re-run any one stage without the others.
+"""The --out folder, written all or nothing: staged in a sibling temp folder (locked, so
+concurrent runs and killed ones leave no half-written output) and moved in when complete.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ONNX export and the onnx2tf int8 backend (a second route to the same int8 contract).
+"""The onnx2tf int8 backend: Keras -> ONNX -> onnx2tf -> TFLite, a second route to the same
+int8 contract.
 
 The direct backend converts our Keras model with TFLiteConverter. This module offers an
 independent route, Keras -> ONNX (tf2onnx) -> TensorFlow (onnx2tf) -> TFLite, because
