@@ -87,3 +87,15 @@ def test_check_parameters_names_the_option_as_the_caller_spells_it(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=message):
         check_parameters(params, cli=cli)
+
+
+def test_store_default_is_the_environment_or_the_current_folder(tmp_path, monkeypatch):
+    """Not computed from the package's own path: an installed package must not write its
+    store into site-packages."""
+    from darknet2tflite.paths import STORE_ENV, store_root
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    assert store_root(None) == (tmp_path / ".store").resolve()
+    monkeypatch.setenv(STORE_ENV, str(tmp_path / "elsewhere"))
+    assert store_root(None) == (tmp_path / "elsewhere").resolve()
+    assert store_root(str(tmp_path / "given")) == (tmp_path / "given").resolve()

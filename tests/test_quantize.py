@@ -169,7 +169,7 @@ def test_yolov4_tiny_split_heads_are_exact(v4_run, yolov4_tiny, coco_images):
     import keras
     from darknet2tflite.model.builder import build_keras
     from darknet2tflite.darknet.cfg import parse_cfg
-    from darknet2tflite.int8.quantize import load_keras
+    from darknet2tflite.model.load import load_keras
     from darknet2tflite.rewrites import load_rules
     from darknet2tflite.darknet.weights import read_weights
     out, _ = v4_run

@@ -43,6 +43,7 @@ import numpy as np
 from darknet2tflite.int8.augment import MIRROR_BELOW, mirrored_count
 from darknet2tflite.int8.channel_split import MAC_BUDGET
 from darknet2tflite.errors import InputError, UserError
+from darknet2tflite.model.load import load_keras
 from darknet2tflite.options import BY_NAME, check as check_options
 from darknet2tflite.evaluation.report import assemble_report
 from darknet2tflite.int8.peak_rss import PeakRSS
@@ -105,15 +106,6 @@ def build_int8_model(cfg_path: str | Path, weights_path: str | Path, out_dir: st
                            int8_rules() if rules is None else rules, progress=progress)
     except UserError as e:
         raise InputError(str(e)) from None
-
-
-def load_keras(path: str | Path) -> Any:
-    """model.keras with this package's custom layers (and every rule's) registered."""
-    import keras
-    from darknet2tflite.model import layers as _layers  # noqa: F401  (registers custom layers)
-    from darknet2tflite.rewrites import load_rules
-    load_rules()
-    return keras.models.load_model(path, compile=False)
 
 
 def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,

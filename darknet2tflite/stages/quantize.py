@@ -118,7 +118,8 @@ def quantize_variant_stage(p: Mapping[str, Any], out: Path, progress: Progress =
                            ) -> dict[str, Path]:
     from darknet2tflite.int8.calibration import load_calibration, representative_dataset
     from darknet2tflite.tflite.export import convert, save_tflite
-    from darknet2tflite.int8.quantize import load_keras, tflite_head_outputs
+    from darknet2tflite.int8.quantize import tflite_head_outputs
+    from darknet2tflite.model.load import load_keras
 
     mode, rw = p["mode"], p["rewrite"]
     meta = json.loads(Path(artifact(rw, "meta")).read_text(encoding="utf-8"))

@@ -9,7 +9,8 @@ import numpy as np
 
 from darknet2tflite.tflite.inspect import float_ops
 from darknet2tflite.tflite.metrics import latency_ms, sqnr_db
-from darknet2tflite.int8.backends.onnx_export import _keras_heads, _load_keras
+from darknet2tflite.model.load import load_keras
+from darknet2tflite.int8.backends.onnx_export import _keras_heads
 
 #: compare_backends: differences at or below these are ties, so the next criterion decides
 AP_TIE = 0.005       # 0.5 AP points
@@ -145,7 +146,7 @@ def int8_fidelity(tflite: str | Path, file_meta: dict, keras_model: Any, batch: 
     float ops, size, per-head SQNR of the (concatenated) heads against Keras, latency."""
     from darknet2tflite.tflite.export import interpreter, run_tflite
     data = Path(tflite).read_bytes()
-    model = _load_keras(keras_model)
+    model = load_keras(keras_model)
     ref = _keras_heads(model, batch)
     groups = [h.get("outputs") or [h["output"]] for h in file_meta["heads"]]
     refs = [np.concatenate([ref[n] for n in g], axis=-1) for g in groups]

@@ -52,7 +52,8 @@ from darknet2tflite.tflite.inspect import float_ops
 from darknet2tflite.tflite.metrics import latency_ms, sqnr_db
 from darknet2tflite.int8.backends.outcome import _ANSI, one_line
 from darknet2tflite.int8.backends.compare import int8_fidelity, keras_head_meta
-from darknet2tflite.int8.backends.onnx_export import _keras_heads, _load_keras, export_onnx, onnx_heads, onnx_io, onnx_parity
+from darknet2tflite.model.load import load_keras
+from darknet2tflite.int8.backends.onnx_export import _keras_heads, export_onnx, onnx_heads, onnx_io, onnx_parity
 INPUT_SCALE = 1.0 / 255.0
 QUANTIZERS = ("onnx2tf", "tflite")
 INPUT_TYPES = ("uint8", "int8")
@@ -365,7 +366,7 @@ def _reference_heads(keras_model: Any, onnx_path: str | Path, batch: np.ndarray,
     try:
         if keras_model is not None:
             result["reference"] = "keras"
-            return _keras_heads(_load_keras(keras_model), batch)
+            return _keras_heads(load_keras(keras_model), batch)
         result["reference"] = "onnxruntime"
         return onnx_heads(onnx_path, batch)
     except Exception as e:  # noqa: BLE001 - fidelity is reported as unavailable
@@ -455,7 +456,6 @@ def onnx2tf_stage(keras_path: str | Path, calib_npy: str | Path, meta_path: str 
     from darknet2tflite.int8.calibration import load_calibration
     from darknet2tflite.darknet.metadata import write_json
     from darknet2tflite.tflite.inspect import check_integer
-    from darknet2tflite.int8.quantize import load_keras
 
     t0 = time.perf_counter()
     out = Path(out_dir)

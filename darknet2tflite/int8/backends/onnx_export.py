@@ -1,28 +1,17 @@
 """Keras -> ONNX (tf2onnx) in the contract's NHWC layout, ONNX Runtime heads, ONNX-vs-Keras parity."""
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from darknet2tflite.model.load import load_keras
 from darknet2tflite.store.atomic import atomic_write_bytes
 from darknet2tflite.reference.parity import compare_heads
 
 ONNX_MIN_OPSET = 13
 LAYOUT_KEY = "darknet2tflite.layout"
-
-
-def _load_keras(model_or_path: Any):
-    import keras
-    if isinstance(model_or_path, (str, os.PathLike)):
-        from darknet2tflite.model import layers as _layers  # noqa: F401  (registers custom layers)
-        with contextlib.suppress(ImportError):
-            from darknet2tflite.rewrites import _layers as _rw  # noqa: F401  (rewrite-rule layers)
-        return keras.models.load_model(model_or_path)
-    return model_or_path
 
 
 def _dims(value_info) -> list[int | str]:
@@ -98,7 +87,7 @@ def export_onnx(keras_model_or_path: Any, out_path: str | Path, opset: int = 17,
                          f"Split/Slice/Resize forms these models use")
     if layout not in ("NHWC", "NCHW"):
         raise ValueError(f"layout must be NHWC or NCHW, not {layout!r}")
-    model = _load_keras(keras_model_or_path)
+    model = load_keras(keras_model_or_path)
     in_name = model.inputs[0].name
     names = list(model.output_names)
     shape = tuple(model.inputs[0].shape)
@@ -140,7 +129,7 @@ def onnx_parity(onnx_path: str | Path, keras_model: Any, batch: np.ndarray) -> l
     """Per-head max abs / max rel (parity.compare_heads) of onnxruntime against Keras.
 
     Rows follow the Keras output order (= cfg order); the target is max_rel <= 1e-5."""
-    model = _load_keras(keras_model)
+    model = load_keras(keras_model)
     ref = _keras_heads(model, batch)
     got = onnx_heads(onnx_path, batch)
     names = list(model.output_names)
