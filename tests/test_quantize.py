@@ -433,9 +433,10 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
     """calibrate_model lets TFLite's calibrator see 2 photos and measures the rest itself;
     the ranges must be the calibrator's own over all photos (a missed tensor or image would
     make them narrower, a wrong tensor index different)."""
-    from darknet2tflite.int8 import quantize as q
+    from darknet2tflite.int8 import ranges as q
+    from darknet2tflite.model.load import load_keras
     out, _ = v3_run
-    model = q.load_keras(out / "model.keras")
+    model = load_keras(out / "model.keras")
     images = np.asarray(load_calibration(calibrate(yolov3_tiny[0], coco_images, limit=6,
                                                    progress=None).npy))
     assert len(images) == 6
