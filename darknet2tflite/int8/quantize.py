@@ -1,6 +1,7 @@
-"""Calibrated full-integer int8 TFLite conversion.
+"""Calibrated full-integer int8 TFLite conversion: the direct backend (TFLiteConverter).
 
-Pipeline (each step a function, so the Prefect flow and the benchmarks can reuse them):
+Steps (each a function, so the stage bodies and the benchmarks can reuse them; 2-4 live in
+int8/ranges.py, 5 in tflite/inspect.py):
 
 1. :func:`build_int8_model` -- the Keras model with every default (exact) rewrite plus the
    ``head_split`` rule: each head leaves the model as several outputs (per anchor
