@@ -1,6 +1,6 @@
 """int8 accuracy / speed benchmark: float32 vs calibrated int8 (and OpenCV DNN float).
 
-Runs the library entry ``darknet2tflite.quantize.convert_int8`` for yolov4-tiny and
+Runs the library entry ``darknet2tflite.int8.quantize.convert_int8`` for yolov4-tiny and
 yolov3-tiny (mask 1,2,3 cfg) calibrated and evaluated on the shared COCO photos
 (../shared/images/coco, instances.json), then prints one table and writes JSON:
 
@@ -43,10 +43,10 @@ TARGETS = {"ap": 1.0, "ap50": 0.3, "opencv": 0.1, "speedup": 5.0, "seconds": 120
 def opencv_ap(cfg: Path, weights: Path, images: list[Path], annotations: Path,
               names: list[str]) -> dict:
     """Float AP of OpenCV DNN's Darknet importer with this project's decode."""
-    from darknet2tflite.evaluate import _ap, detect, load_eval_images
-    from darknet2tflite.metadata import decode_metadata
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.reference import opencv_heads
+    from darknet2tflite.evaluation.evaluate import _ap, detect, load_eval_images
+    from darknet2tflite.darknet.metadata import decode_metadata
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.reference.opencv import opencv_heads
     meta = decode_metadata(parse_cfg(cfg), names)
     batch, paths, sizes, _ = load_eval_images(images, meta)
     heads = opencv_heads(cfg, weights, batch)
@@ -55,8 +55,8 @@ def opencv_ap(cfg: Path, weights: Path, images: list[Path], annotations: Path,
 
 def bench_model(name: str, images: Path, annotations: Path, names_path: Path,
                 out_root: Path, progress) -> dict:
-    from darknet2tflite.metadata import read_names
-    from darknet2tflite.quantize import convert_int8
+    from darknet2tflite.darknet.metadata import read_names
+    from darknet2tflite.int8.quantize import convert_int8
     cfg, weights = (SHARED / p for p in MODELS[name])
     out = out_root / name
     t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def bench_model(name: str, images: Path, annotations: Path, names_path: Path,
     wall = time.perf_counter() - t0
     ev = rep["evaluation"]
     cross = ev["ap_cross"]
-    from darknet2tflite.evaluate import eval_image_list
+    from darknet2tflite.evaluation.evaluate import eval_image_list
     every, _ = eval_image_list(images, annotations)
     cv = opencv_ap(cfg, weights, every, annotations, read_names(names_path))
     lat = ev["latency_ms"]
@@ -129,7 +129,7 @@ def save_json(path: Path, doc: Any, indent: int = 1) -> None:
 def cross_folds(images: Path, annotations: Path) -> list[tuple[list, list]]:
     """(calibration exclude, evaluation) pairs of the product's own 2-fold split
     (quantize.plan_images: the shipped model's held-out half, then the swapped fold)."""
-    from darknet2tflite.quantize import plan_images
+    from darknet2tflite.int8.planning import plan_images
     plan = plan_images(images, images, annotations)
     return [(plan["exclude"], plan["eval"])] + [(f["exclude"], f["eval"]) for f in plan["cross"]]
 
@@ -137,12 +137,12 @@ def cross_folds(images: Path, annotations: Path) -> list[tuple[list, list]]:
 def int8_bench_model(name: str) -> tuple[Any, dict, Any, list]:
     """(cfg, decode metadata with COCO names, the Keras model as the int8 path builds it,
     its head output groups) for one of MODELS: what the int8 benchmarks start from."""
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.export import head_groups
-    from darknet2tflite.metadata import decode_metadata, read_names
-    from darknet2tflite.quantize import int8_rules
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.tflite.export import head_groups
+    from darknet2tflite.darknet.metadata import decode_metadata, read_names
+    from darknet2tflite.int8.quantize import int8_rules
+    from darknet2tflite.darknet.weights import read_weights
     cfg_path, w_path = (SHARED / p for p in MODELS[name])
     cfg = parse_cfg(cfg_path)
     meta = decode_metadata(cfg, read_names(SHARED / "darknet" / "cfg" / "coco.names"))
@@ -153,8 +153,8 @@ def int8_bench_model(name: str) -> tuple[Any, dict, Any, list]:
 def tflite_heads(data: bytes, model: Any, meta: dict, groups: list, batch: Any) -> list:
     """Raw heads (the contract's layout) of an in-memory .tflite converted from ``model``,
     whose split outputs are found by name."""
-    from darknet2tflite.export import interpreter, run_tflite
-    from darknet2tflite.quantize import tflite_head_outputs
+    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.int8.quantize import tflite_head_outputs
     m = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
     return run_tflite(interpreter(data, 2), batch, m)
 
@@ -162,16 +162,16 @@ def tflite_heads(data: bytes, model: Any, meta: dict, groups: list, batch: Any) 
 def bench_layouts(name: str, images: Path, annotations: Path, names_path: Path,
                   progress) -> list[dict]:
     """Cross-calibrated AP of each head-split layout (and none) with identical settings."""
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.evaluate import _ap, detect, load_eval_images
-    from darknet2tflite.export import convert, head_groups
-    from darknet2tflite.metadata import decode_metadata, read_names
-    from darknet2tflite.quantize import QuantizeOptions, int8_from_keras, int8_rules
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.int8.calibration import calibrate, load_calibration
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.evaluation.evaluate import _ap, detect, load_eval_images
+    from darknet2tflite.tflite.export import convert, head_groups
+    from darknet2tflite.darknet.metadata import decode_metadata, read_names
+    from darknet2tflite.int8.quantize import QuantizeOptions, int8_from_keras, int8_rules
     from darknet2tflite.rewrites import load_rules
     from darknet2tflite.rewrites.head_split import LAYOUTS
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.darknet.weights import read_weights
     cfg_path, w_path = (SHARED / p for p in MODELS[name])
     cfg = parse_cfg(cfg_path)
     weights = read_weights(w_path, cfg)

@@ -44,17 +44,17 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
 
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.calibration import calibrate, load_calibration, representative_dataset
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.evaluate import load_eval_images
-    from darknet2tflite.export import convert, head_groups, interpreter, run_tflite
-    from darknet2tflite.metadata import decode_metadata
-    from darknet2tflite.quantize import (calibrate_model, calibrated_ranges, int8_rules,
-                                         layer_of_tensor, layer_tensors, output_layer_map,
-                                         plan_images, quantize_calibrated, refine_ranges,
-                                         tflite_head_outputs)
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.int8.calibration import calibrate, load_calibration, representative_dataset
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.evaluation.evaluate import load_eval_images
+    from darknet2tflite.tflite.export import convert, head_groups, interpreter, run_tflite
+    from darknet2tflite.darknet.metadata import decode_metadata
+    from darknet2tflite.int8.ranges import calibrate_model, calibrated_ranges, quantize_calibrated, refine_ranges
+    from darknet2tflite.int8.quantize import int8_rules, tflite_head_outputs
+    from darknet2tflite.tflite.names import layer_of_tensor, layer_tensors, output_layer_map
+    from darknet2tflite.int8.planning import plan_images
+    from darknet2tflite.darknet.weights import read_weights
 
     cfg_path, w_path = (SHARED / p for p in MODELS[args.model])
     cfg = parse_cfg(cfg_path)
@@ -110,7 +110,7 @@ def main() -> int:
               f"({100 * e['obj_mse'] / base['obj_mse']:.0f}% of int8), w/h MSE "
               f"{e['wh_mse']:.5f} ({100 * e['wh_mse'] / base['wh_mse']:.0f}%)", flush=True)
     if args.json:
-        from darknet2tflite.atomic import atomic_write_bytes
+        from darknet2tflite.store.atomic import atomic_write_bytes
         atomic_write_bytes(args.json, (json.dumps(doc, indent=2) + "\n").encode())
     return 0
 

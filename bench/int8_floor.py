@@ -67,7 +67,7 @@ def rounding_error(kernel: Any, axes: tuple[int, ...], coarsen: float = 1.0) -> 
     """int8-rounded kernel minus kernel: scale max|w| / 127 per output channel (times
     ``coarsen``), round half away from zero, in float32 as the converter computes it."""
     import numpy as np
-    from darknet2tflite.box_rounding import channel_scale, nearest
+    from darknet2tflite.int8.box_rounding import channel_scale, nearest
     k = np.asarray(kernel, dtype=np.float32)
     return (nearest(k, channel_scale(k, axes) * np.float32(coarsen)) - k).astype(np.float32)
 
@@ -150,8 +150,8 @@ def keras_heads(model: Any, groups: list, batch: Any) -> list:
 
 def bench_weights(name: str, draws: int, bias_correction: bool, say) -> dict:
     import numpy as np
-    from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.evaluate import _ap, detect, load_eval_images
+    from darknet2tflite.int8.calibration import calibrate, load_calibration
+    from darknet2tflite.evaluation.evaluate import _ap, detect, load_eval_images
     images = SHARED / "images" / "coco"
     annotations = images / "instances.json"
     cfg, meta, model, groups = int8_bench_model(name)
@@ -195,7 +195,7 @@ def bench_weights(name: str, draws: int, bias_correction: bool, say) -> dict:
 
 
 def bench_layers(name: str, say) -> dict:
-    from darknet2tflite.evaluate import load_eval_images
+    from darknet2tflite.evaluation.evaluate import load_eval_images
     images = SHARED / "images" / "coco"
     cfg, meta, model, groups = int8_bench_model(name)
     paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".png"))[::2]
@@ -254,13 +254,13 @@ def draw_summary(rows: list[dict]) -> dict:
 
 
 def bench_draws(name: str, seeds: list[int], draws: int, say) -> dict:
-    from darknet2tflite.augment import mirror_augment
-    from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.channel_split import split_outlier_channels
-    from darknet2tflite.evaluate import _ap, detect, load_eval_images
-    from darknet2tflite.export import convert
-    from darknet2tflite.quantize import (QuantizeOptions, calibrate_model, quantize_calibrated,
-                                         refine_ranges)
+    from darknet2tflite.int8.augment import mirror_augment
+    from darknet2tflite.int8.calibration import calibrate, load_calibration
+    from darknet2tflite.int8.channel_split import split_outlier_channels
+    from darknet2tflite.evaluation.evaluate import _ap, detect, load_eval_images
+    from darknet2tflite.tflite.export import convert
+    from darknet2tflite.int8.quantize import QuantizeOptions
+    from darknet2tflite.int8.ranges import calibrate_model, quantize_calibrated, refine_ranges
     from int8_noise import redraw
     from int8_splits import folds_for
     images = SHARED / "images" / "coco"

@@ -42,7 +42,7 @@ def redraw(refined: bytes, k: int, jitter: float = 0.0) -> bytes:
     with ``jitter`` > 0 each range bound by its own 1 + jitter*z (z ~ N(0, 1), seed k):
     ranges a few percent off, as another calibration set would give them."""
     import numpy as np
-    from darknet2tflite.quantize import _to_bytes, _to_obj
+    from darknet2tflite.tflite.flatbuffer import _to_bytes, _to_obj
     if k == 0 and not jitter:
         return refined
     m = _to_obj(refined)
@@ -63,14 +63,14 @@ def bench(name: str, draws: int, say, budget: float | None = None, mirror: int |
           subset_seed: int | None = None, ranges: str | None = None,
           jitter: float = 0.0, box_rounding: bool | None = None) -> dict:
     import numpy as np
-    from darknet2tflite.augment import mirror_augment
-    from darknet2tflite.box_rounding import round_box_weights
-    from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.channel_split import split_outlier_channels
-    from darknet2tflite.evaluate import _ap, detect, load_eval_images
-    from darknet2tflite.export import convert
-    from darknet2tflite.quantize import (HIST_MAX_IMAGES, QuantizeOptions, calibrate_model,
-                                         quantize_calibrated, refine_ranges)
+    from darknet2tflite.int8.augment import mirror_augment
+    from darknet2tflite.int8.box_rounding import round_box_weights
+    from darknet2tflite.int8.calibration import calibrate, load_calibration
+    from darknet2tflite.int8.channel_split import split_outlier_channels
+    from darknet2tflite.evaluation.evaluate import _ap, detect, load_eval_images
+    from darknet2tflite.tflite.export import convert
+    from darknet2tflite.int8.ranges import HIST_MAX_IMAGES, calibrate_model, quantize_calibrated, refine_ranges
+    from darknet2tflite.int8.quantize import QuantizeOptions
     images = SHARED / "images" / "coco"
     annotations = images / "instances.json"
     cfg, meta, model, groups = int8_bench_model(name)

@@ -9,9 +9,9 @@ different random halvings of the annotated photos (seed 0 = the product's own
 by an int8 model calibrated without it, float32 on the same photos.
 
 Settings, every combination of ``--budgets``: the outlier channel split budget (extra MACs
-as a fraction of the model's, darknet2tflite/channel_split.py; 0 = off, 0.15 = the default),
+as a fraction of the model's, darknet2tflite/int8/channel_split.py; 0 = off, 0.15 = the default),
 ``--mirrors``: calibration sets smaller than this also calibrate on a mirrored copy of each
-photo (darknet2tflite/augment.py; 0 = off, 50 = the default; every figure recorded here
+photo (darknet2tflite/int8/augment.py; 0 = off, 50 = the default; every figure recorded here
 calibrates on 43-86 photos, where the earlier setting 256, which completed sets up to 256
 photos, also meant one copy of each) and ``--ranges``: the activation
 range methods (quantize.refine_ranges; default: the product's) and ``--box-rounding``:
@@ -69,10 +69,11 @@ def folds_for(seed: int, images: Path, annotations: Path, k: int = 2
 def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str, bool]], say,
           k: int = 2, draws: int = 1) -> list[dict]:
     import numpy as np
-    from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.evaluate import _ap, detect, load_eval_images
-    from darknet2tflite.export import convert
-    from darknet2tflite.quantize import QuantizeOptions, int8_from_keras, quantize_calibrated
+    from darknet2tflite.int8.calibration import calibrate, load_calibration
+    from darknet2tflite.evaluation.evaluate import _ap, detect, load_eval_images
+    from darknet2tflite.tflite.export import convert
+    from darknet2tflite.int8.quantize import QuantizeOptions, int8_from_keras
+    from darknet2tflite.int8.ranges import quantize_calibrated
     from int8_noise import redraw
     images = SHARED / "images" / "coco"
     annotations = images / "instances.json"
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     seeds = [int(s) for s in a.seeds.split(",")]
-    from darknet2tflite.quantize import QuantizeOptions
+    from darknet2tflite.int8.quantize import QuantizeOptions
     methods = (a.ranges or QuantizeOptions().ranges).split(",")
     box_spec = (a.box_rounding or _onoff(QuantizeOptions().box_rounding)).split(",")
     if set(box_spec) - {"on", "off"}:

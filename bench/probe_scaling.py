@@ -16,10 +16,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.fetch import fetch_weights
-    from darknet2tflite.weights import random_weights, write_weights
-    from tasks.probe import probe_stage
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.darknet.fetch import fetch_weights
+    from darknet2tflite.darknet.weights import random_weights, write_weights
+    from darknet2tflite.stages.probe import probe_stage
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny = fetch_weights("yolov4-tiny", ROOT / "weights", progress=lambda m: None)

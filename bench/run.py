@@ -113,7 +113,7 @@ def log(msg: str) -> None:
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:
-    from darknet2tflite.atomic import atomic_write_bytes
+    from darknet2tflite.store.atomic import atomic_write_bytes
     atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
 
 
@@ -123,7 +123,7 @@ def source_digest() -> str:
     unexpected recomputation; recorded so such a run can be recognised."""
     import hashlib
     h = hashlib.sha256()
-    for d in ("darknet2tflite", "tasks", "flows", "cfg"):
+    for d in ("darknet2tflite", "tasks", "flows", "cli", "cfg"):
         for p in sorted((REPO / d).rglob("*")):
             if p.is_file() and p.suffix in (".py", ".json", ".cfg"):
                 h.update(p.relative_to(REPO).as_posix().encode() + b"\0" + p.read_bytes())
@@ -246,7 +246,7 @@ def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
     t_imp = time.perf_counter()
     from flows import _embedded, _settings
     _embedded.start_early()
-    from darknet2tflite.convert_cli import import_flow
+    from cli.convert import import_flow
     convert = import_flow()
     import tasks._common as common
     import importlib
@@ -268,7 +268,7 @@ def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
                     windows.append({"stage": _stage, "start": t0, "end": time.time()})
         mod.run_stage = timed
 
-    out: dict[str, Any] = {"mode": _settings.MODE, "prefect": _settings.describe(),
+    out: dict[str, Any] = {"mode": _settings.MODE, "prefect": _embedded.describe(),
                            "import_s": round(import_s, 2)}
     with RSSSampler() as rss:
         t0 = time.perf_counter()
@@ -386,8 +386,8 @@ def prepare(name: str, conf: dict[str, Any], tmp: Path) -> dict[str, Any]:
     weights = conf["weights"]
     if weights is None:
         sys.path.insert(0, str(REPO))
-        from darknet2tflite.cfg import parse_cfg
-        from darknet2tflite.weights import random_weights, write_weights
+        from darknet2tflite.darknet.cfg import parse_cfg
+        from darknet2tflite.darknet.weights import random_weights, write_weights
         c = parse_cfg(cfg)
         weights = tmp / f"{name}.weights"
         write_weights(weights, c, random_weights(c, seed=0))
@@ -559,7 +559,7 @@ def bench_model(name: str, conf: dict[str, Any], tmp: Path, args: argparse.Names
     res["params"] = params
     res["source_digest_end"] = source_digest()
     if res["source_digest_end"] != res["source_digest_start"]:
-        res["warning"] = ("project source (darknet2tflite/, tasks/, flows/, cfg/) changed during "
+        res["warning"] = ("project source (darknet2tflite/, tasks/, flows/, cli/, cfg/) changed during "
                           "this model's runs: cached / rerun figures may include recomputation "
                           "caused by the edit")
         log(f"{name}: WARNING {res['warning']}")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from .errors import CfgError, InputError, WeightsError
 
 if TYPE_CHECKING:
-    from .cfg import DarknetConfig
+    from darknet2tflite.darknet.config import DarknetConfig
 
 #: pixels of one decoded image (width x height), checked from its header before decoding;
 #: 50 Mpx is a full-resolution 50-megapixel phone photo.  Decoding + preprocessing costs about
@@ -45,7 +45,7 @@ _FRAMES_PER_LAYER = 6
 
 def check_cfg(cfg: "DarknetConfig") -> None:
     """Layers, input size and parameters a parsed, shape-inferred cfg implies."""
-    from .weights import conv_float_counts
+    from darknet2tflite.darknet.config import conv_float_counts
     n = len(cfg.layers)
     if n > MAX_LAYERS:
         raise CfgError(f"{n} layers; at most {MAX_LAYERS} are supported (README: Limits)",

@@ -16,7 +16,7 @@ import struct
 from typing import NamedTuple
 
 from .bounds import MAX_IMAGE_PIXELS, check_image_size
-from .errors import InputError, shown, shown_path
+from .errors import InputError, shown_path
 
 #: an image file larger than this is refused unread (a 50 Mpx BMP is 150 MB)
 MAX_IMAGE_BYTES = 4 * MAX_IMAGE_PIXELS

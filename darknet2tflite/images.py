@@ -21,9 +21,9 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .errors import InputError, shown_path  # noqa: E402
-from .imagefile import check_image_bytes, read_image_bytes  # noqa: E402
-from .walk import Walk, regular_files  # noqa: E402
+from darknet2tflite.errors import InputError, shown_path  # noqa: E402
+from darknet2tflite.imagefile import check_image_bytes, read_image_bytes  # noqa: E402
+from darknet2tflite.walk import Walk, regular_files  # noqa: E402
 
 __all__ = [
     "IMAGE_EXTENSIONS",

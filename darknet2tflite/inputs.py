@@ -12,14 +12,15 @@ parsing need numpy only, images are probed from their headers (imagefile.py), ne
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UserError, reason, shown, shown_path
+from darknet2tflite.errors import InputError, UserError, reason, shown, shown_path
+from darknet2tflite.evaluation.coco_eval import AnnotationError, check_coco
+from darknet2tflite.values import is_int, is_num
 
 #: a JSON input (annotations, model.json, profile, manifest) larger than this is refused
 #: unread; COCO's full val2017 instances file is 25 MB, train2017 448 MB
@@ -28,15 +29,54 @@ MAX_JSON_BYTES = 1 << 30
 SHOWN = 3
 
 
-class AnnotationError(InputError, ValueError):
-    """A COCO annotations file that is not usable (also a ValueError for older callers)."""
-
-
 class ManifestError(InputError, ValueError):
     """A batch manifest (or its ``defaults:``) that cannot be used at all."""
 
 
 # --------------------------------------------------------------------------- paths
+
+def missing_file_hint(p: str | os.PathLike[str]) -> str:
+    """Where a missing ``.weights`` file comes from (the rest of a one-line error)."""
+    if not str(p).endswith(".weights"):
+        return ""
+    from darknet2tflite.darknet.fetch import KNOWN_WEIGHTS
+    stem = Path(p).stem
+    if stem in KNOWN_WEIGHTS:
+        return f"; get it with `darknet2tflite weights fetch {stem}`"
+    return ("; Darknet weights come with the model that was trained (darknet's "
+            "backup/ folder); official ones: `darknet2tflite weights fetch NAME` for "
+            f"{', '.join(KNOWN_WEIGHTS)}")
+
+
+def resolved_file(p: str | None, what: str) -> str | None:
+    """Absolute path of an input file parameter (None stays None)."""
+    if p is None:
+        return None
+    if not os.path.lexists(p):
+        raise UserError(f"{what} {shown_path(p)}: no such file{missing_file_hint(p)}")
+    return str(existing_file(p, what).resolve())
+
+
+def resolved_folder(p: str | None, what: str) -> str | None:
+    """Absolute path of an input folder parameter (None stays None)."""
+    return None if p is None else str(existing_folder(p, what).resolve())
+
+
+def resolved_output(p: str | None, what: str) -> str | None:
+    """Absolute path of a folder this run creates or writes into (``--out``, ``--store``);
+    whether it can be written is :func:`writable_folder`'s question."""
+    if p is None:
+        return None
+    path = Path(p).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {shown_path(p)}: exists and is not a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{what} {shown_path(p)}: {parent} is not a directory")
+            break
+    return str(path.resolve())
+
 
 def existing_file(p: str | os.PathLike[str], what: str) -> Path:
     """A regular file (symlinks followed); FIFOs and devices are refused unread."""
@@ -102,9 +142,9 @@ def check_store(root: Path, what: str = "--store") -> None:
 def check_model(cfg: str | os.PathLike[str], weights: str | os.PathLike[str],
                 names: str | os.PathLike[str] | None = None):
     """cfg parsed (bounds included), weights read and checked against it, names counted."""
-    from .cfg import parse_cfg
-    from .metadata import decode_metadata
-    from .weights import read_weights
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.darknet.metadata import decode_metadata
+    from darknet2tflite.darknet.weights import read_weights
     parsed = parse_cfg(existing_file(cfg, "cfg"))
     read_weights(existing_file(weights, "weights"), parsed)
     if names is not None:
@@ -178,63 +218,6 @@ def load_json(path: str | os.PathLike[str], what: str) -> Any:
         raise UserError(f"{what} {shown_path(p)}: JSON nested too deeply") from None
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def check_coco(data: Any, path: str | os.PathLike[str]) -> None:
-    """The parts of a COCO instances file evaluation reads: ``images`` with an ``id`` and a
-    ``file_name``, ``annotations`` with ``image_id``, ``category_id`` and a ``bbox`` of four
-    finite numbers (width, height >= 0), ``categories`` with ``id`` and ``name``."""
-    where = shown_path(path)
-    if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-        raise AnnotationError(f"{where}: not a COCO instances file (needs the lists 'images', "
-                              "'annotations', 'categories')")
-
-    def bad(section: str, i: int, why: str) -> AnnotationError:
-        return AnnotationError(f"{where}: {section}[{i}]: {why}")
-
-    for i, c in enumerate(data["categories"]):
-        if not isinstance(c, dict) or not _is_int(c.get("id")) or "name" not in c:
-            raise bad("categories", i, "needs an integer 'id' and a 'name'")
-    ids = set()
-    for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict):
-            raise bad("images", i, "not an object")
-        if not _is_int(img.get("id")):
-            raise bad("images", i, "needs an integer 'id'")
-        fn = img.get("file_name")
-        if not isinstance(fn, str) or not fn.strip():
-            raise bad("images", i, "needs a 'file_name' string")
-        for k in ("width", "height"):
-            if k in img and not (_is_num(img[k]) and img[k] > 0):
-                raise bad("images", i, f"'{k}' must be a positive number, got "
-                          f"{shown(img[k], 40)}")
-        ids.add(img["id"])
-    for i, a in enumerate(data["annotations"]):
-        if not isinstance(a, dict):
-            raise bad("annotations", i, "not an object")
-        for k in ("image_id", "category_id"):
-            if not _is_int(a.get(k)):
-                raise bad("annotations", i, f"needs an integer '{k}'")
-        if a["image_id"] not in ids:
-            raise bad("annotations", i, f"image_id {a['image_id']} is not in 'images'")
-        b = a.get("bbox")
-        if not (isinstance(b, list) and len(b) == 4 and all(map(_is_num, b))
-                and b[2] >= 0 and b[3] >= 0):
-            raise bad("annotations", i, "'bbox' must be [x, y, width, height]: four finite "
-                      f"numbers, width and height >= 0 (got {shown(json.dumps(b), 60)})")
-        if "area" in a and not _is_num(a["area"]):
-            raise bad("annotations", i, "'area' must be a finite number")
-        if "iscrowd" in a and a["iscrowd"] not in (0, 1):
-            raise bad("annotations", i, "'iscrowd' must be 0 or 1")
-
-
 def check_annotations(path: str | os.PathLike[str], what: str = "--eval-annotations") -> None:
     try:
         check_coco(load_json(path, what), path)
@@ -253,7 +236,7 @@ def check_model_json(meta: Any, where: str) -> dict[str, Any]:
     if not isinstance(inp, dict):
         raise bad("input", "missing or not an object")
     for k in ("width", "height"):
-        if not (_is_int(inp.get(k)) and 0 < inp[k] <= 8192):
+        if not (is_int(inp.get(k)) and 0 < inp[k] <= 8192):
             raise bad(f"input.{k}", f"must be an integer in 1..8192, got {shown(inp.get(k), 40)}")
     if inp.get("channels", 3) not in (1, 3):
         raise bad("input.channels", f"must be 1 or 3, got {shown(inp.get('channels'), 40)}")
@@ -267,13 +250,13 @@ def check_model_json(meta: Any, where: str) -> dict[str, Any]:
             raise bad(f"heads[{i}]", "not an object")
         if h.get("type", "yolo") not in ("yolo", "region"):
             raise bad(f"heads[{i}].type", "must be 'yolo' or 'region'")
-        if not (_is_int(h.get("classes")) and h["classes"] > 0):
+        if not (is_int(h.get("classes")) and h["classes"] > 0):
             raise bad(f"heads[{i}].classes", "must be a positive integer")
         anchors = h.get("anchors")
         if not isinstance(anchors, list) or not anchors or not all(
-                _is_num(a) or (isinstance(a, list) and all(map(_is_num, a))) for a in anchors):
+                is_num(a) or (isinstance(a, list) and all(map(is_num, a))) for a in anchors):
             raise bad(f"heads[{i}].anchors", "must be a non-empty list of numbers")
-        if not isinstance(h.get("mask", []), list) or not all(map(_is_int, h.get("mask", []))):
+        if not isinstance(h.get("mask", []), list) or not all(map(is_int, h.get("mask", []))):
             raise bad(f"heads[{i}].mask", "must be a list of integers")
     names = meta.get("names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str)
@@ -376,7 +359,7 @@ def check_convert_inputs(p: Mapping[str, Any], spell: Any = str) -> None:
     if p.get("calibration") is not None:
         # the quantize stage's own split of calibration / evaluation images (annotations
         # matching no image, one image for both roles): refused now, not after four stages
-        from .quantize import plan_images
+        from darknet2tflite.int8.planning import plan_images
         plan_images(p["calibration"], p.get("eval_images"), p.get("eval_annotations"))
 
 

@@ -1,7 +1,7 @@
 """Prefect's embedded server, started by us before Prefect is imported.
 
 Why: a `darknet2tflite convert` whose stages all come from the store does about one second of
-work, yet used to take 7 s.  Prefect's own ephemeral mode starts its server lazily, on the
+work, yet with Prefect's own ephemeral mode took 7 s: that mode starts its server lazily, on the
 first API call of the flow: it first imports its whole server package in *this* process
 (~2.4 s, only to read the class that spawns it) and then waits while the child imports it again
 and starts (~3.3 s).  Spawning the same uvicorn command ourselves, first thing in the CLI,
@@ -33,10 +33,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from darknet2tflite.paths import REPO_ROOT
 from typing import Any
 
 OPT_OUT = "DARKNET2TFLITE_EMBEDDED_SERVER"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -203,3 +204,15 @@ def flow_settings() -> "contextlib.AbstractContextManager[Any]":
         return contextlib.nullcontext()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
+def describe() -> str:
+    """One line for the CLI: where runs are recorded."""
+    from flows import _settings
+    if current() is not None:
+        return (f"embedded Prefect server {current().api_url} "
+                f"(PREFECT_HOME={os.environ.get('PREFECT_HOME')})")
+    if _settings.MODE == "server":
+        return (f"Prefect server "
+                f"{os.environ.get('PREFECT_API_URL') or _settings.profile_api_url()}")
+    return f"embedded Prefect (ephemeral server, PREFECT_HOME={os.environ.get('PREFECT_HOME')})"

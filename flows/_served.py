@@ -8,7 +8,10 @@ streams.  ``DARKNET2TFLITE_DEBUG=1`` in the serving environment keeps everything
 """
 from __future__ import annotations
 
+import logging
 import os
+
+from darknet2tflite.errors import UserError
 
 DEBUG_ENV = "DARKNET2TFLITE_DEBUG"
 
@@ -25,3 +28,22 @@ def divert_served_run(store: str, command: str, label: str) -> None:
     except OSError:
         return
     get_run_logger().info("TensorFlow/converter output of this run: %s", path)
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """Console only: a UserError is reported by the CLI as one line; drop Prefect's
+    traceback-carrying copies of it (the UI/API log handler still records them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, UserError)
+
+
+def quiet_user_error_tracebacks() -> None:
+    for logger in [logging.getLogger()] + [
+            logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+            if n == "prefect" or n.startswith("prefect.")]:
+        for h in getattr(logger, "handlers", []):
+            if type(h).__name__ == "PrefectConsoleHandler" and \
+                    not any(isinstance(f, _NoUserErrorTracebacks) for f in h.filters):
+                h.addFilter(_NoUserErrorTracebacks())

@@ -27,7 +27,8 @@ import os
 import tomllib
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from darknet2tflite.paths import REPO_ROOT
+
 PROJECT_PREFECT_HOME = REPO_ROOT / ".prefect"
 EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
@@ -97,13 +98,3 @@ MODE = apply()
 # loading flows/convert.py), Prefect has already read its settings from the environment; then
 # the values above only reach subprocesses, which is why the docs export PREFECT_API_URL for those.
 
-
-def describe() -> str:
-    """One line for the CLI: where runs are recorded."""
-    from flows import _embedded
-    if _embedded.current() is not None:
-        return (f"embedded Prefect server {_embedded.current().api_url} "
-                f"(PREFECT_HOME={os.environ.get('PREFECT_HOME')})")
-    if MODE == "server":
-        return f"Prefect server {os.environ.get('PREFECT_API_URL') or profile_api_url()}"
-    return f"embedded Prefect (ephemeral server, PREFECT_HOME={os.environ.get('PREFECT_HOME')})"

@@ -32,19 +32,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
-from darknet2tflite.augment import MIRROR_BELOW
-from darknet2tflite.channel_split import MAC_BUDGET
+from darknet2tflite.int8.augment import MIRROR_BELOW
+from darknet2tflite.int8.channel_split import MAC_BUDGET
 from darknet2tflite.errors import UserError
+from darknet2tflite.options import MANIFEST_KEYS, PATH_KEYS
 from flows.convert import convert
 from flows.runners import make_task_runner
 
-#: manifest keys a model entry may set (the convert flow's parameters)
-MODEL_KEYS = ("name", "cfg", "weights", "calibration", "eval_annotations", "eval_images",
-              "names", "input_type", "calibration_limit", "float_fallback", "channel_split",
-              "calibration_mirror", "variants",
-              "backend", "images", "target", "allow_approximate", "npu_only")
-PATH_KEYS = ("cfg", "weights", "calibration", "eval_annotations", "eval_images", "names",
-             "images")
+#: manifest keys a model entry may set (the convert flow's parameters; options.py)
+MODEL_KEYS = MANIFEST_KEYS
 
 
 def discover_models(source: str | Path, defaults: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,18 +166,20 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
           calibration_mirror: int = MIRROR_BELOW, variants: str = "",
           backend: Literal["direct", "onnx2tf", "both"] = "direct",
           eval_annotations: Optional[str] = None, eval_images: Optional[str] = None,
-          images: Optional[str] = None):
+          images: Optional[str] = None, target: str = "cpu", allow_approximate: str = "",
+          npu_only: bool = False):
     """Convert every model of ``source`` (folder of cfg+weights pairs, or YAML manifest)
     into ``out/<name>/``, each as a ``convert`` subflow sharing one artifact store."""
-    from darknet2tflite.convert_cli import _quiet_user_error_tracebacks
-    _quiet_user_error_tracebacks()  # a failing model: one line in the summary, no traceback
+    from flows._served import quiet_user_error_tracebacks
+    quiet_user_error_tracebacks()  # a failing model: one line in the summary, no traceback
     logger = get_run_logger()
     defaults = {k: v for k, v in dict(
         calibration=calibration, names=names, input_type=input_type,
         calibration_limit=calibration_limit, float_fallback=float_fallback,
         channel_split=channel_split, calibration_mirror=calibration_mirror, variants=variants,
         backend=backend, eval_annotations=eval_annotations, eval_images=eval_images,
-        images=images).items() if v is not None}
+        images=images, target=target, allow_approximate=allow_approximate,
+        npu_only=npu_only).items() if v is not None}
     from flows._served import divert_served_run
     from tasks._common import store_root
     divert_served_run(str(store_root(store)), "batch", Path(source).stem)

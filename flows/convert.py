@@ -36,14 +36,13 @@ from prefect.artifacts import (acreate_markdown_artifact, acreate_table_artifact
                                create_markdown_artifact, create_table_artifact)
 from prefect.runtime import flow_run as runtime_flow_run
 
-from darknet2tflite.augment import MIRROR_BELOW
-from darknet2tflite.channel_split import MAC_BUDGET
-from darknet2tflite.errors import UserError
-from darknet2tflite.options import check as check_options, variant_list
-from darknet2tflite.store import ArtifactStore
+from darknet2tflite.int8.augment import MIRROR_BELOW
+from darknet2tflite.int8.channel_split import MAC_BUDGET
+from darknet2tflite.options import check_parameters, variant_list
+from darknet2tflite.store.artifacts import ArtifactStore
 from flows.runners import make_task_runner
 from tasks._common import STAGES, artifact, read_json, store_root
-from tasks.quantize import has_cross_fold
+from darknet2tflite.stages.quantize import has_cross_fold, plan_run
 
 
 def _run_name() -> str:
@@ -57,29 +56,9 @@ def slug(text: str) -> str:
 
 
 def _check_inputs(p: dict[str, Any]) -> None:
-    """Same checks as the CLI, for runs triggered from the UI / `prefect deployment run`."""
-    for k in ("cfg", "weights", "names", "eval_annotations"):
-        if p.get(k) is not None and not Path(p[k]).is_file():
-            raise UserError(f"{k} {p[k]}: no such file")
-    for k in ("calibration", "eval_images", "images"):
-        if p.get(k) is not None and not Path(p[k]).is_dir():
-            raise UserError(f"{k} {p[k]}: no such folder")
-    from darknet2tflite.convert_cli import output_dir
-    for k in ("out", "store"):
-        output_dir(p.get(k), k)
-    if p.get("from_stage") and p["from_stage"] not in STAGES:
-        raise UserError(f"from_stage {p['from_stage']}: expected one of {', '.join(STAGES)}")
-    check_options(p, error=UserError)
-    if p.get("eval_annotations") and not p.get("eval_images"):
-        raise UserError("eval_annotations need eval_images")
-    from tasks.quantize import check_backend
-    check_backend(p.get("backend"))
-    from darknet2tflite.inputs import check_convert_inputs
-    check_convert_inputs(p)  # the CLI's entry checks, for runs started from the UI
-    from darknet2tflite.targets import check_spec
-    from darknet2tflite.targets.requirements import check_allowed
-    check_spec(p.get("target"), bool(p.get("npu_only")))
-    check_allowed(variant_list(p.get("allow_approximate")))
+    """Same checks as the CLI (darknet2tflite/options.py), for runs triggered from the UI /
+    `prefect deployment run`."""
+    check_parameters(p)
 
 
 @flow(name="convert", flow_run_name=_run_name, task_runner=make_task_runner(),
@@ -119,7 +98,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
         variants: comma list of extra variants: float16, dynamic, int16x8.
         backend: int8 backend: direct (TFLiteConverter), onnx2tf, or both (keep the better).
         images: images for the float parity check and probe (default: data/samples).
-        store: artifact store folder (default: .store in the repo).
+        store: artifact store folder (default: $DARKNET2TFLITE_STORE, else .store in the
+            current folder of the process that runs the flow).
         from_stage: recompute this stage and every later one (parse, build, parity, probe,
             rewrite, quantize, evaluate, report); earlier ones must already be in the store.
         target: comma list of deployment targets: cpu (LiteRT, default), tflm (TensorFlow
@@ -142,8 +122,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     from tasks.report import report as report_task
     from tasks.rewrite import rewrite as rewrite_task
 
-    from darknet2tflite.convert_cli import _quiet_user_error_tracebacks
-    _quiet_user_error_tracebacks()  # served runs too: a bad input is its one-line message
+    from flows._served import quiet_user_error_tracebacks
+    quiet_user_error_tracebacks()  # served runs too: a bad input is its one-line message
     _check_inputs(params)
     logger = get_run_logger()
     model = name or Path(cfg).stem
@@ -194,7 +174,8 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     # Joined payloads are passed on as plain dicts; wait_for keeps the dependency edges in
     # the UI's task graph.  int8 and the extra variants convert concurrently.
     t, kw = stage(quantize_task, "quantize")
-    qopts = dict(cfg=cfg, rewrite=results["rewrite"], calibration=calibration,
+    plan = plan_run(calibration, eval_images, eval_annotations)  # once per run, for every fold
+    qopts = dict(cfg=cfg, rewrite=results["rewrite"], calibration=calibration, plan=plan,
                  calibration_limit=calibration_limit, eval_images=eval_images,
                  eval_annotations=eval_annotations,
                  wait_for=[futures["rewrite"], futures["parity"]], **kw)
@@ -208,7 +189,7 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     # AP covers every annotated photo, each scored by an int8 model that never saw it.  It
     # runs after the shipped model's conversion, not beside it: a conversion already keeps
     # the cores busy (no wall time gained) and the shipped model's timing stays its own.
-    if has_cross_fold(calibration, eval_images, eval_annotations):
+    if has_cross_fold(plan, eval_images, eval_annotations):
         fold2 = t.with_options(task_run_name="quantize-int8-fold2")
         futures["quantize[fold2]"] = fold2.submit(
             mode="int8", fold=2, input_type=input_type, channel_split=channel_split,
@@ -330,7 +311,7 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
     markdown_artifact(key=f"{key}-rewrites", markdown="\n".join(md),
                              description=f"{model}: op rewrites")
 
-    from tasks.evaluate import evaluation_rows
+    from darknet2tflite.stages.evaluate import evaluation_rows
     rows = evaluation_rows(read_json(artifact(stages["evaluate"], "report_json")))
     if rows:
         table_artifact(key=f"{key}-int8-evaluation", table=rows,
@@ -345,7 +326,7 @@ def publish_artifacts(model: str, stages: dict[str, dict[str, Any]], out: str) -
 
     report_md = artifact(stages["report"], "report_md")
     if report_md:
-        from darknet2tflite.ui_markdown import inline_images
+        from darknet2tflite.evaluation.ui_markdown import inline_images
         markdown_artifact(key=f"{key}-report",
                                  markdown=inline_images(Path(report_md).read_text(
                                      encoding="utf-8"), Path(report_md).parent),

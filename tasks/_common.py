@@ -1,6 +1,6 @@
 """What every stage task shares: store keys, the task body, the task options.
 
-One cache, one truth: the :class:`~darknet2tflite.store.ArtifactStore` (content-addressed,
+One cache, one truth: the :class:`~darknet2tflite.store.artifacts.ArtifactStore` (content-addressed,
 every artifact re-hashed against its manifest on every lookup).  Prefect caches and persists
 nothing for these tasks (``cache_policy=NO_CACHE``, ``persist_result=False``): a result
 record on disk names its own serializer, and Prefect would unpickle one that names
@@ -17,8 +17,6 @@ Task return values are plain strings and dicts, handed between tasks in memory.
 """
 from __future__ import annotations
 
-import json
-import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,26 +25,21 @@ from typing import Any
 import flows._settings  # noqa: F401  (Prefect env defaults before `import prefect`)
 
 from darknet2tflite.errors import UserError
-from darknet2tflite.store import ArtifactStore, stage_key
+from darknet2tflite.paths import store_root
+from darknet2tflite.stages import STAGES  # noqa: F401  (the flow reads it from here)
+from darknet2tflite.stages.payload import artifact, read_json  # noqa: F401  (for the tasks)
+from darknet2tflite.store.artifacts import ArtifactStore, stage_key
 
 from prefect import get_run_logger
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.states import Completed, State
 
-#: Pipeline order (``--from-stage`` invalidates a stage and every one after it).
-STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STORE = REPO_ROOT / ".store"
 
 #: (stage, key) of every stage body that actually ran its producer in this process; a
 #: diagnostic for tests and the CLI ("nothing was recomputed"), Prefect-independent.
 PRODUCED: list[tuple[str, str]] = []
 _produced_lock = threading.Lock()
-
-def store_root(store: str | os.PathLike[str] | None) -> Path:
-    return Path(store).expanduser().resolve() if store else DEFAULT_STORE
 
 
 def log(msg: str) -> None:
@@ -54,13 +47,6 @@ def log(msg: str) -> None:
         get_run_logger().info(msg)
     except MissingContextError:
         pass
-
-
-def artifact(payload: Mapping[str, Any] | None, name: str) -> str | None:
-    """Path of one artifact of an upstream task's payload (None if absent)."""
-    if not payload:
-        return None
-    return payload.get("artifacts", {}).get(name)
 
 
 def run_stage(stage: str, store: str | None, key_inputs: dict[str, Any],
@@ -91,12 +77,6 @@ def run_stage(stage: str, store: str | None, key_inputs: dict[str, Any],
         return Completed(name="Cached", data=payload,
                          message=f"{stage}: reused verified store entry {key[:12]}")
     return payload
-
-
-def read_json(path: str | os.PathLike[str] | None) -> Any:
-    if not path:
-        return None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 # Options every stage task is declared with: no Prefect cache and no persisted result (the

@@ -17,7 +17,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 @task(name=STAGE, **TASK_OPTIONS)
 def build(cfg: str, weights: str, names: str | None = None, store: str | None = None,
           refresh: bool = False, require_cached: bool = False):
-    from darknet2tflite.pipeline import build_stage
+    from darknet2tflite.stages.build import build_stage
 
     p = locals()
     return run_stage(STAGE, store, *key_parts(p),

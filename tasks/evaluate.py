@@ -4,16 +4,14 @@
 detection images."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 from prefect import task
 
-from ._common import TASK_OPTIONS, artifact, log, read_json, run_stage
+from ._common import TASK_OPTIONS, artifact, log, run_stage
+from darknet2tflite.stages.evaluate import DRAW, LATENCY_RUNS, evaluate_stage
 
 STAGE = "evaluate"
-LATENCY_RUNS = 20
-DRAW = 4
 
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -35,75 +33,6 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
     return inputs, {"latency_runs": LATENCY_RUNS, "draw": DRAW}
 
 
-def evaluate_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.calibration import CalibrationSet
-    from darknet2tflite.evaluate import evaluate
-    from darknet2tflite.metadata import write_json
-    from darknet2tflite.quantize import QuantizeResult, assemble_report
-
-    q, rw = p["quantize"], p["rewrite"]
-    plan = read_json(artifact(q, "plan"))
-    qd = read_json(artifact(q, "quantize"))
-    qres = QuantizeResult(**{**qd, "paths": {k: Path(v) for k, v in qd["paths"].items()}})
-    cal = plan["calibration"]
-    calib = CalibrationSet(Path("calibration.npy"), [""] * int(cal["images"]),
-                           [(s["file"], s["reason"]) for s in cal.get("skipped", [])],
-                           bool(cal.get("cached")))
-    extra = {v: artifact(vp, f"tflite_{v}") for v, vp in (p.get("variants") or {}).items()}
-    if artifact(q, "tflite_int8_fallback"):
-        extra["int8-fallback"] = artifact(q, "tflite_int8_fallback")
-    for other in ("direct", "onnx2tf"):  # --backend both: the model that did not ship
-        if artifact(q, f"tflite_int8_{other}"):
-            extra[f"int8-{other}"] = artifact(q, f"tflite_int8_{other}")
-    cross = []
-    if artifact(p.get("cross"), "tflite_int8"):  # the swapped calibration fold's model
-        cross_plan = read_json(artifact(p["cross"], "plan"))
-        cross = [(artifact(p["cross"], "tflite_int8"), [Path(x) for x in cross_plan["eval"]])]
-    ev = evaluate(artifact(rw, "tflite_float32"), artifact(q, "tflite_int8"), artifact(q, "meta"),
-                  [Path(x) for x in plan["eval"]], p.get("eval_annotations"), out,
-                  extra_models=extra, latency_runs=LATENCY_RUNS, draw=DRAW, cross=cross,
-                  progress=log)
-    files = {"keras": artifact(rw, "keras"), "tflite_float32": artifact(rw, "tflite_float32"),
-             "tflite_int8": artifact(q, "tflite_int8"), "meta": artifact(q, "meta"),
-             **{f"tflite_{k}": v for k, v in extra.items()}}
-    report = assemble_report(p["cfg"], qres, calib, ev, files, plan["warnings"])
-    backends = read_json(artifact(q, "backends"))
-    if backends:
-        report["backends"] = {k: backends.get(k) for k in
-                              ("winner", "decided_by", "reason", "rule", "table", "quantizer")}
-    write_json(out / "report.json", report)
-    arts: dict[str, Path] = {"report_json": out / "report.json"}
-    for rel in ev.get("drawn", []):
-        arts[f"image:{rel}"] = out / rel
-    return arts
-
-
-def evaluation_rows(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Table rows (one per model) for the Prefect UI artifact."""
-    if not report:
-        return []
-    ev = report.get("evaluation") or {}
-    ap = ev.get("ap") or {}
-    lat = ev.get("latency_ms") or {}
-    sizes = ev.get("sizes") or {}
-    heads = ev.get("heads") or {}
-    rows = []
-    for m in sizes:
-        sq = [h["sqnr_db"] for h in heads.get(m, [])]
-        row = {"model": m, "size KB": round(sizes[m] / 1024),
-               "min head SQNR dB": round(min(sq), 2) if sq else "-",
-               "latency ms (1 thread)": lat.get(m, {}).get("1", "-"),
-               "latency ms (2 threads)": lat.get(m, {}).get("2", "-")}
-        if ap:
-            row.update({"AP": ap.get(m, {}).get("AP", "-"), "AP50": ap.get(m, {}).get("AP50", "-"),
-                        "dAP": ap.get(m, {}).get("dAP", "-")})
-        fa = report.get("float_agreement") or {}
-        if fa:  # the label-free verdict (agreement.py) belongs to the shipped int8 model
-            row["AP50 vs float32"] = fa.get("ap50") if m == "int8" else "-"
-        rows.append(row)
-    return rows
-
-
 @task(name=STAGE, **TASK_OPTIONS)
 def evaluate(cfg: str, quantize: dict, rewrite: dict, variants: dict | None = None,
              cross: dict | None = None,
@@ -111,5 +40,5 @@ def evaluate(cfg: str, quantize: dict, rewrite: dict, variants: dict | None = No
              eval_annotations: str | None = None, store: str | None = None,
              refresh: bool = False, require_cached: bool = False):
     p = locals()
-    return run_stage(STAGE, store, *key_parts(p), lambda tmp: evaluate_stage(p, tmp),
+    return run_stage(STAGE, store, *key_parts(p), lambda tmp: evaluate_stage(p, tmp, log),
                      refresh=refresh, require_cached=require_cached)

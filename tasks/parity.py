@@ -11,8 +11,8 @@ STAGE = "parity"
 
 
 def _images(p: Mapping[str, Any]) -> str:
-    from darknet2tflite.pipeline import DEFAULT_IMAGES
-    return p.get("images") or str(DEFAULT_IMAGES)
+    from darknet2tflite.paths import images_or_default
+    return images_or_default(p.get("images"))
 
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -27,7 +27,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 def parity(cfg: str, weights: str, build: dict, images: str | None = None,
            tolerance: float | None = None, store: str | None = None, refresh: bool = False,
            require_cached: bool = False):
-    from darknet2tflite.pipeline import parity_stage
+    from darknet2tflite.stages.parity import parity_stage
 
     p = locals()
 

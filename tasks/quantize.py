@@ -9,22 +9,16 @@ it; the fold-2 model is calibrated without the other half, so evaluate can score
 annotated photo with an int8 model that never saw it (quantize.plan_images)."""
 from __future__ import annotations
 
-import json
-import shutil
-from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from prefect import task
 
+from darknet2tflite.options import value
+
 from ._common import TASK_OPTIONS, artifact, log, run_stage
+from darknet2tflite.stages.quantize import BOX_ROUNDING, INT8_OPTIONS, RANGES, quantize_int8_stage, quantize_variant_stage
 
 STAGE = "quantize"
-RANGES = "mse"
-#: QuantizeOptions.box_rounding as this stage runs it; in the cache key too, so models
-#: quantized before it existed recompute
-BOX_ROUNDING = True
 
 
 def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -38,148 +32,12 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
         # which images calibrate depends on the evaluation set too (held-out split)
         inputs.update(calibration=p["calibration"], eval_images=p.get("eval_images"),
                       eval_annotations=p.get("eval_annotations"))
-        options.update(calibration_limit=p.get("calibration_limit"))
+        options.update(calibration_limit=value(p, "calibration_limit"))
     if mode == "int8":
-        from darknet2tflite.box_rounding import SCARCITY  # the damping rule: small sets change
-        options.update(input_type=p.get("input_type") or "uint8",
-                       float_fallback=int(p.get("float_fallback") or 0),
-                       backend=p.get("backend") or "direct", ranges=RANGES,
-                       box_rounding=BOX_ROUNDING, box_scarcity=SCARCITY,
-                       channel_split=split_budget(p), calibration_mirror=mirror_target(p))
+        from darknet2tflite.int8.box_rounding import SCARCITY  # the damping rule: small sets change
+        options.update({k: value(p, k) for k in INT8_OPTIONS})
+        options.update(ranges=RANGES, box_rounding=BOX_ROUNDING, box_scarcity=SCARCITY)
     return inputs, options
-
-
-def split_budget(p: Mapping[str, Any]) -> float:
-    from darknet2tflite.channel_split import MAC_BUDGET
-    v = p.get("channel_split")
-    return MAC_BUDGET if v is None else float(v)
-
-
-def mirror_target(p: Mapping[str, Any]) -> int:
-    from darknet2tflite.augment import MIRROR_BELOW
-    v = p.get("calibration_mirror")
-    return MIRROR_BELOW if v is None else int(v)
-
-
-def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
-                        eval_annotations: str | None, limit: int | None, npy: Path,
-                        fold: int = 1):
-    """(plan, calibration set) of ``fold``: 1 the shipped model's, 2 the swapped one's
-    (its plan's "eval" are the photos it must score; calibration set None if there is no
-    second fold, i.e. no evaluation photo is a calibration photo)."""
-    from darknet2tflite.calibration import calibrate
-    from darknet2tflite.quantize import plan_images
-
-    plan = plan_images(calibration, eval_images, eval_annotations)
-    if fold != 1:
-        folds = plan["cross"]
-        if len(folds) < fold - 1:
-            return dict(plan, eval=[], exclude=[], warnings=[]), None
-        plan = dict(plan, **folds[fold - 2], warnings=[])
-    for w in plan["warnings"]:
-        log(f"warning: {w}")
-    calib = calibrate(cfg, calibration, npy, limit, exclude=plan["exclude"], progress=log)
-    return plan, calib
-
-
-def has_cross_fold(calibration: str, eval_images: str | None,
-                   eval_annotations: str | None) -> bool:
-    """Whether a fold-2 model is worth converting: annotated evaluation photos that are
-    also calibration photos (listing files only; input errors are left to the stage)."""
-    from darknet2tflite.errors import UserError
-    from darknet2tflite.quantize import plan_images
-
-    if not (eval_images and eval_annotations):
-        return False
-    try:
-        return bool(plan_images(calibration, eval_images, eval_annotations)["cross"])
-    except UserError:
-        return False
-
-
-def check_backend(backend: str | None) -> None:
-    """direct, onnx2tf or both (darknet2tflite.onnx_backend.BACKENDS); anything else is a
-    user error before any stage runs."""
-    from darknet2tflite.errors import UserError
-    from darknet2tflite.onnx_backend import BACKENDS
-
-    if (backend or "direct") not in BACKENDS:
-        raise UserError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-
-
-@contextmanager
-def scratch(out: Path) -> Iterator[Path]:
-    """Working space (the calibration array) inside the stage's own temp dir in the store:
-    removed before the entry is published, and if the process is killed it goes with the
-    stale temp dir (the store's gc_tmp), instead of piling up in /tmp."""
-    d = out / ".scratch"
-    d.mkdir()
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def quantize_int8_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.onnx_backend import quantize_with_backend
-    from darknet2tflite.quantize import QuantizeOptions
-
-    backend = p.get("backend") or "direct"
-    check_backend(backend)
-    rw = p["rewrite"]
-    fold = int(p.get("fold") or 1)
-    paths: dict[str, Path] = {}
-    with scratch(out) as td:
-        plan, calib = _plan_and_calibrate(p["cfg"], p["calibration"], p.get("eval_images"),
-                                          p.get("eval_annotations"), p.get("calibration_limit"),
-                                          Path(td) / "calibration.npy", fold)
-        if calib is not None:
-            if fold != 1:
-                log(f"cross-calibration fold {fold}: int8 model calibrated without the "
-                    f"{len(plan['eval'])} photos it will score")
-            opts = QuantizeOptions(input_type=p.get("input_type") or "uint8", ranges=RANGES,
-                                   float_fallback=int(p.get("float_fallback") or 0),
-                                   channel_split=split_budget(p),
-                                   calibration_mirror=mirror_target(p),
-                                   box_rounding=BOX_ROUNDING)
-            if fold != 1:
-                # the fallback model and the per-layer debugger table (~8 s) are deliverables
-                # of the shipped fold only: nothing reads the swapped fold's
-                opts = replace(opts, float_fallback=0, debug_images=0)
-            paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
-                                          artifact(rw, "meta"), out, opts, progress=log)
-        else:
-            log(f"fold {fold}: no evaluation photo is a calibration photo, nothing to convert")
-    cal = calib.to_dict() if calib is not None else {"images": 0, "skipped": []}
-    cal.pop("npy", None)
-    (out / "plan.json").write_text(json.dumps({
-        "eval": [str(x) for x in plan["eval"]], "exclude": [str(x) for x in plan["exclude"]],
-        "warnings": plan["warnings"], "calibration": cal}, indent=1) + "\n", encoding="utf-8")
-    return {**paths, "plan": out / "plan.json"}
-
-
-def quantize_variant_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.calibration import load_calibration, representative_dataset
-    from darknet2tflite.export import convert, save_tflite
-    from darknet2tflite.quantize import load_keras, tflite_head_outputs
-
-    mode, rw = p["mode"], p["rewrite"]
-    meta = json.loads(Path(artifact(rw, "meta")).read_text(encoding="utf-8"))
-    model = load_keras(artifact(rw, "keras"))
-    groups = [h.get("outputs") or [h["output"]] for h in meta["heads"]]
-    log(f"variant {mode}")
-    with scratch(out) as td:
-        rep = None
-        if mode == "int16x8":
-            _, calib = _plan_and_calibrate(p["cfg"], p["calibration"], p.get("eval_images"),
-                                           p.get("eval_annotations"),
-                                           p.get("calibration_limit"),
-                                           Path(td) / "calibration.npy")
-            rep = representative_dataset(load_calibration(calib.npy))
-        data = convert(model, mode=mode, representative=rep)
-    heads = tflite_head_outputs(data, model.output_names, groups)
-    path = save_tflite(data, out / f"model.{mode}.tflite", dict(meta, head_outputs=heads))
-    return {f"tflite_{mode}": path}
 
 
 @task(name=STAGE, task_run_name="quantize-{mode}", **TASK_OPTIONS)
@@ -188,9 +46,10 @@ def quantize(cfg: str, rewrite: dict, calibration: str, mode: str = "int8",
              float_fallback: int = 0, channel_split: float | None = None,
              calibration_mirror: int | None = None, backend: str = "direct", fold: int = 1,
              eval_images: str | None = None, eval_annotations: str | None = None,
+             plan: dict | None = None,
              store: str | None = None, refresh: bool = False, require_cached: bool = False):
     p = locals()
-    produce = (lambda tmp: quantize_int8_stage(p, tmp)) if mode == "int8" else \
-        (lambda tmp: quantize_variant_stage(p, tmp))
+    body = quantize_int8_stage if mode == "int8" else quantize_variant_stage
+    produce = lambda tmp: body(p, tmp, log)  # noqa: E731
     return run_stage(STAGE, store, *key_parts(p), produce, refresh=refresh,
                      require_cached=require_cached)

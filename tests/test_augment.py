@@ -1,10 +1,10 @@
-"""Mirrored copies for small calibration sets (darknet2tflite/augment.py)."""
+"""Mirrored copies for small calibration sets (darknet2tflite/int8/augment.py)."""
 from __future__ import annotations
 
 import numpy as np
 
-from darknet2tflite.augment import MIRROR_BELOW, mirror_augment, mirrored_count
-from darknet2tflite.calibration import calibrate, load_calibration
+from darknet2tflite.int8.augment import MIRROR_BELOW, mirror_augment, mirrored_count
+from darknet2tflite.int8.calibration import calibrate, load_calibration
 
 
 def test_sets_below_the_threshold_get_one_mirror_of_every_photo():

@@ -18,10 +18,10 @@ from conftest import CFG_DIR, shared_path  # noqa: E402
 def test_convert_backend_both_ships_winner_and_keeps_both(prefect_server, yolov3_tiny,
                                                           tmp_path):
     import flows  # noqa: F401  (Prefect env defaults)
-    from darknet2tflite.cli import main
-    from darknet2tflite.evaluate import file_meta
-    from darknet2tflite.export import interpreter, run_tflite
-    from darknet2tflite.quantize import check_integer
+    from cli.main import main
+    from darknet2tflite.evaluation.evaluate import file_meta
+    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.inspect import check_integer
 
     cfg, weights = yolov3_tiny
     photos = sorted(shared_path("images", "coco").glob("*.jpg"))

@@ -1,4 +1,4 @@
-"""Error-feedback rounding of the heads' box weights (darknet2tflite/box_rounding.py): the
+"""Error-feedback rounding of the heads' box weights (darknet2tflite/int8/box_rounding.py): the
 weights stay on the converter's int8 grid (so the converter keeps them exactly), and the box
 outputs' error from int8 weights drops on photos the rounding never saw."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from darknet2tflite.box_rounding import (QMAX, box_convs, feedback_round,  # noqa: E402
+from darknet2tflite.int8.box_rounding import (QMAX, box_convs, feedback_round,  # noqa: E402
                                          nearest, round_box_weights)
 
 
@@ -46,12 +46,12 @@ def test_uncorrelated_inputs_leave_nothing_to_feed_back() -> None:
 @pytest.fixture(scope="module")
 def yolov4_tiny_int8_model(yolov4_tiny, coco_images, tmp_path_factory):
     """yolov4-tiny as the int8 path builds it (head split), and 32 + 16 real photos."""
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.metadata import decode_metadata
-    from darknet2tflite.quantize import int8_rules
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.int8.calibration import calibrate, load_calibration
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.darknet.metadata import decode_metadata
+    from darknet2tflite.int8.quantize import int8_rules
+    from darknet2tflite.darknet.weights import read_weights
     cfg_path, weights_path = yolov4_tiny
     cfg = parse_cfg(cfg_path)
     model, _ = build_keras(cfg, read_weights(weights_path, cfg), int8_rules())
@@ -101,7 +101,7 @@ def test_a_single_calibration_photo_does_no_harm(yolov4_tiny_int8_model):
     """One photo gives 169 input vectors for the 13x13 head's ~560 inputs: fitted to that
     covariance with the usual 1 % damping, the rounding did worse than nearest on other
     photos (1.23x); the damping grows with the shortage of samples instead."""
-    from darknet2tflite.box_rounding import DAMPING, damping
+    from darknet2tflite.int8.box_rounding import DAMPING, damping
     model, _, seen, unseen = yolov4_tiny_int8_model
     rounded, report = round_box_weights(model, seen[:1])
     err_nearest = _box_error(model, _nearest_rounded(model), unseen)
@@ -113,8 +113,8 @@ def test_a_single_calibration_photo_does_no_harm(yolov4_tiny_int8_model):
 
 def test_the_converter_keeps_the_rounded_weights(yolov4_tiny_int8_model):
     """The int8 kernels TFLite writes are exactly the fed-back ones: no second rounding."""
-    from darknet2tflite.export import interpreter
-    from darknet2tflite.quantize import calibrate_model, quantize_calibrated
+    from darknet2tflite.tflite.export import interpreter
+    from darknet2tflite.int8.ranges import calibrate_model, quantize_calibrated
     model, _, seen, _ = yolov4_tiny_int8_model
     rounded, _ = round_box_weights(model, seen[:8])
     it = interpreter(quantize_calibrated(calibrate_model(rounded, seen[:2])))
@@ -135,9 +135,9 @@ def test_the_converter_keeps_the_rounded_weights(yolov4_tiny_int8_model):
 
 def test_no_box_outputs_no_change(yolov4_tiny, coco_images):
     """A model whose heads are not split (plain contract outputs) has nothing to round."""
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.darknet.weights import read_weights
     cfg_path, weights_path = yolov4_tiny
     cfg = parse_cfg(cfg_path)
     model, _ = build_keras(cfg, read_weights(weights_path, cfg))

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet2tflite.cfg import parse_cfg
+from darknet2tflite.darknet.cfg import parse_cfg
 from darknet2tflite.errors import CfgError, WeightsError
-from darknet2tflite.weights import expected_size, read_weights, write_weights, random_weights
+from darknet2tflite.darknet.weights import expected_size, read_weights, write_weights, random_weights
 
 from conftest import CFG_DIR
 

@@ -1,4 +1,4 @@
-"""Outlier channel splitting (darknet2tflite/channel_split.py): which layers qualify, that the
+"""Outlier channel splitting (darknet2tflite/int8/channel_split.py): which layers qualify, that the
 split model computes the same float function, and that it shrinks the int8 ranges it targets."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from darknet2tflite.channel_split import (MAX_ERROR_RATIO, channel_maxima,  # noqa: E402
+from darknet2tflite.int8.channel_split import (MAX_ERROR_RATIO, channel_maxima,  # noqa: E402
                                           copies, find_candidates, split_outlier_channels)
-from darknet2tflite.layers import ConstantPad, DarknetActivation  # noqa: E402
+from darknet2tflite.model.layers import ConstantPad, DarknetActivation  # noqa: E402
 
 
 def _conv(n, name, size=3, groups=1):
@@ -89,11 +89,11 @@ def test_budget_zero_changes_nothing():
 
 @pytest.fixture(scope="module")
 def v4_model(yolov4_tiny, coco_images):
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.calibration import calibrate, load_calibration
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.quantize import int8_rules
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.int8.calibration import calibrate, load_calibration
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.int8.quantize import int8_rules
+    from darknet2tflite.darknet.weights import read_weights
     cfg_path, w_path = yolov4_tiny
     cfg = parse_cfg(cfg_path)
     model, _ = build_keras(cfg, read_weights(w_path, cfg), int8_rules())
@@ -122,7 +122,7 @@ def test_split_int8_model_is_full_integer_and_closer_at_layer0(v4_model):
     """The int8 quantization error of layer 0's output (relative to its float value) drops
     when its outlier channels are split: the effect the rewrite exists for."""
     import tensorflow as tf
-    from darknet2tflite.quantize import QuantizeOptions, int8_from_keras
+    from darknet2tflite.int8.quantize import QuantizeOptions, int8_from_keras
     model, images = v4_model
     errs = {}
     for budget in (0.0, 0.15):

@@ -11,7 +11,7 @@ import pytest
 from conftest import CFG_DIR, REPO
 from test_cfg import cfg_text
 
-EXE = [sys.executable, "-m", "darknet2tflite.cli"]
+EXE = [sys.executable, "-m", "cli.main"]
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -29,7 +29,7 @@ def test_build_yolov3_tiny(tmp_path: Path, yolov3_tiny) -> None:
     assert parity["status"] == "pass" and parity["max_rel"] <= 1e-5
     assert "parity: pass" in r.stdout
     assert "build Keras model" in r.stderr  # progress is shown
-    from darknet2tflite.metadata import read_tflite_metadata
+    from darknet2tflite.darknet.metadata import read_tflite_metadata
     meta = read_tflite_metadata(out / "model.float32.tflite")
     assert meta["heads"][1]["mask"] == [1, 2, 3] and meta["names"][0] == "person"
 

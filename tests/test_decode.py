@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from darknet2tflite.coco_eval import coco_evaluate, map_categories, match_images
-from darknet2tflite.decode import Detections, decode_heads
-from darknet2tflite.draw import draw_detections, save_image
+from darknet2tflite.evaluation.coco_eval import coco_evaluate, map_categories, match_images
+from darknet2tflite.evaluation.decode import Detections, decode_heads
+from darknet2tflite.evaluation.draw import draw_detections, save_image
 from darknet2tflite.images import letterbox_params, load_rgb, preprocess
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -1,4 +1,4 @@
-"""darknet2tflite/digests.py: file digests remembered across processes by stat.
+"""darknet2tflite/store/digests.py: file digests remembered across processes by stat.
 
 Each check runs in a fresh process (the remembered digests live in a file), with its own cache
 folder, and counts how often the file's bytes were actually read.
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import json, sys
-import darknet2tflite.digests as d
+import darknet2tflite.store.digests as d
 if sys.argv[2] != "default":
     d.RACY_SECONDS = float(sys.argv[2])
 reads = []

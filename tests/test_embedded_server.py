@@ -25,7 +25,7 @@ import json, sys, time
 from flows import _embedded, _settings
 server = _embedded.start_early()
 print(json.dumps({"pid": server.process.pid, "url": server.api_url,
-                  "describe": _settings.describe()}), flush=True)
+                  "describe": _embedded.describe()}), flush=True)
 _embedded.wait_ready()
 import prefect  # Prefect now reads the API URL set above
 from prefect import flow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from darknet2tflite.fetch import (
+from darknet2tflite.darknet.fetch import (
     KNOWN_WEIGHTS,
     NO_SHARED_ENV,
     SHARED_WEIGHTS_DIR,

@@ -287,7 +287,7 @@ def test_failed_run_fixed_then_retried_with_prefect_flow_run_retry(
 
 @pytest.mark.slow
 def test_from_stage_recomputes_that_stage_and_later_ones(first_run, base_params, capsys):
-    from darknet2tflite.cli import main
+    from cli.main import main
 
     p = base_params
     argv = ["convert", p["cfg"], p["weights"], "--out", p["out"], "--calibration",
@@ -345,7 +345,7 @@ def test_evaluation_photos_among_calibration_photos_add_the_swapped_fold(
 
 def test_from_stage_without_a_previous_conversion_is_a_user_error(
         prefect_server, yolov3_tiny, coco_split, work, capsys):
-    from darknet2tflite.cli import main
+    from cli.main import main
 
     cfg, weights = yolov3_tiny
     calib, _, _ = coco_split
@@ -427,7 +427,7 @@ def test_run_publishes_ui_artifacts(first_run, prefect_server):
 def test_deployments_are_registered_with_their_schedule(prefect_server, work):
     from prefect.client.orchestration import get_client
 
-    from darknet2tflite.cli import build_parser
+    from cli.main import build_parser
     from flows.deployments import build_deployments
 
     deps = build_deployments(batch_parameters={"source": str(work), "out": str(work / "o")},
@@ -457,7 +457,7 @@ def test_deployments_are_registered_with_their_schedule(prefect_server, work):
 
 
 def test_serve_subcommand_is_registered_and_needs_a_server(capsys):
-    from darknet2tflite.cli import main
+    from cli.main import main
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -543,7 +543,7 @@ def test_batch_sources_folder_pairs_and_yaml_manifest(tmp_path):
 
 
 def test_cli_stage_list_matches_the_flow():
-    from darknet2tflite import convert_cli
+    from cli import convert as convert_cli
     from tasks._common import STAGES as TASK_STAGES
 
     assert convert_cli.STAGES == TASK_STAGES == STAGES

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from darknet2tflite.cfg import parse_cfg
-from darknet2tflite.cli import main
+from darknet2tflite.darknet.cfg import parse_cfg
+from cli.main import main
 from darknet2tflite.errors import DarknetError, UserError
-from darknet2tflite.weights import read_weights
+from darknet2tflite.darknet.weights import read_weights
 
 from conftest import CFG_DIR
 

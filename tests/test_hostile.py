@@ -13,7 +13,6 @@ import os
 import resource
 import shutil
 import signal
-import stat
 import struct
 import subprocess
 import sys
@@ -28,16 +27,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from darknet2tflite import bounds
-from darknet2tflite.calibration import CalibrationWarning, calibrate
-from darknet2tflite.cfg import parse_cfg
+from darknet2tflite.int8.calibration import CalibrationWarning, calibrate
+from darknet2tflite.darknet.cfg import parse_cfg
 from darknet2tflite.errors import CfgError, InputError, UserError, WeightsError, shown
-from darknet2tflite.images import ImageError, image_walk, load_rgb, preprocess
+from darknet2tflite.images import image_walk, load_rgb, preprocess
 from darknet2tflite.inputs import (AnnotationError, ManifestError, check_annotations,
                                    check_manifest_defaults, check_model, writable_folder)
-from darknet2tflite.store import _tree_digest
-from darknet2tflite.weights import random_weights, read_weights, write_weights
+from darknet2tflite.store.artifacts import _tree_digest
+from darknet2tflite.darknet.weights import random_weights, read_weights, write_weights
 
-from conftest import CFG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 MALFORMED = Path(__file__).parent / "malformed"
@@ -253,7 +251,7 @@ def test_layer_parameter_and_input_bounds_refused_at_parse(tmp_path: Path) -> No
 
 def test_deep_chain_builds(tmp_path: Path) -> None:
     """1000 layers failed with RecursionError inside Keras; 1200 build now."""
-    from darknet2tflite.builder import build_keras
+    from darknet2tflite.model.builder import build_keras
     cfg = parse_cfg(_chain_cfg(tmp_path / "deep.cfg", 1200, filters=2, width=8))
     weights = tmp_path / "deep.weights"
     write_weights(weights, cfg, random_weights(cfg))
@@ -512,7 +510,7 @@ def test_tree_digest_descends_symlinked_folders_once(tmp_path: Path) -> None:
 
 
 def test_profile_field_of_the_wrong_type(tmp_path: Path) -> None:
-    from darknet2tflite.probe import ProfileError, load_profile
+    from darknet2tflite.probe.profiles import ProfileError, load_profile
     good = json.loads((ROOT / "darknet2tflite" / "profiles" / "int8.json").read_text())
     prof = tmp_path / "p.json"
     for key, value in (("min_sqnr_db", "high"), ("allowed_ops", "CONV_2D"),
@@ -547,7 +545,7 @@ def test_manifest_defaults_unknown_key_or_not_a_mapping(tmp_path: Path) -> None:
 
 
 def test_existing_out_is_swapped_as_a_whole(tmp_path: Path) -> None:
-    from darknet2tflite.pipeline import staged_output
+    from darknet2tflite.store.output import staged_output
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.int8.tflite").write_text("old")
@@ -583,7 +581,7 @@ def test_kill_while_staging_leaves_the_old_set(tmp_path: Path) -> None:
 def test_parked_old_set_is_recovered(tmp_path: Path) -> None:
     """The fallback's two renames: a kill between them leaves ``.out.<rand>.old``, which the
     next run puts back before it starts."""
-    from darknet2tflite.pipeline import staged_output
+    from darknet2tflite.store.output import staged_output
     parked = tmp_path / ".out.abcd.old"
     parked.mkdir()
     (parked / "model.json").write_text("old")
@@ -731,7 +729,7 @@ def test_flow_parameters_from_the_ui_get_the_same_checks(tmp_path: Path, tiny, c
 def test_replace_without_exchange_uses_two_renames(tmp_path: Path, monkeypatch) -> None:
     """File systems without RENAME_EXCHANGE: the old set is parked, the new one renamed in,
     the parked one removed; the user's extra file is carried over either way."""
-    from darknet2tflite import swap
+    from darknet2tflite.store import swap
     monkeypatch.setattr(swap, "exchange", lambda a, b: False)
     out, new = tmp_path / "out", tmp_path / ".out.x.partial"
     out.mkdir()
@@ -748,7 +746,7 @@ def test_replace_without_exchange_uses_two_renames(tmp_path: Path, monkeypatch) 
 def test_non_utf8_names_reach_the_report_as_text(tmp_path: Path, tiny, calib) -> None:
     """Names inside the folders may be any bytes; report.md stays UTF-8 (the Prefect UI
     reads it).  A parameter path itself must be UTF-8: Prefect records it as JSON."""
-    from darknet2tflite.evaluate import write_report
+    from darknet2tflite.evaluation.report import write_report
     from darknet2tflite.inputs import check_convert_inputs
     odd = os.fsdecode(b"caf\xe9")
     write_report({"model": "m", "warnings": [f"{odd}.jpg skipped"]}, tmp_path)
@@ -796,7 +794,7 @@ def test_annotations_matching_no_image_refused_before_any_stage(tmp_path: Path, 
 
 
 def test_names_with_byte_order_mark_and_crlf(tmp_path: Path, tiny) -> None:
-    from darknet2tflite.metadata import read_names
+    from darknet2tflite.darknet.metadata import read_names
     names = tmp_path / "w.names"
     names.write_bytes(b"\xef\xbb\xbfcat\r\n\r\ndog\r\n")
     assert read_names(names) == ["cat", "dog"]

@@ -1,6 +1,6 @@
 """Interrupted and concurrent conversions, with real processes and the real Prefect engine.
 
-Every conversion here is ``python -m darknet2tflite.cli convert`` in its own process group,
+Every conversion here is ``python -m cli.main convert`` in its own process group,
 recording to its own embedded (ephemeral) Prefect server under a per-test ``PREFECT_HOME``.
 Kills are ``SIGKILL`` to the whole group (the CLI and its Prefect server child), at moments
 picked by watching the artifact store; the invariants checked after every kill and after the
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CFG_DIR, REPO, clean_env, shared_path
+from conftest import REPO, clean_env, shared_path
 
 STAGES = ("parse", "build", "parity", "probe", "rewrite", "quantize", "evaluate", "report")
 DELIVERABLES = {"model.keras", "model.float32.tflite", "model.int8.tflite", "model.json",
@@ -79,7 +79,7 @@ def start(args: list[str], log: Path, prefect_home: Path, cwd: Path = REPO) -> R
     f.write(f"\n$ {' '.join(args)}\n".encode())
     f.flush()
     offset = f.tell()
-    proc = subprocess.Popen([sys.executable, "-m", "darknet2tflite.cli", *args], cwd=cwd,
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=cwd,
                             env=clean_env(prefect_home), stdin=subprocess.DEVNULL, stdout=f,
                             stderr=subprocess.STDOUT, start_new_session=True)
     f.close()
@@ -173,7 +173,7 @@ def producing(store: Path, stage: str) -> bool:
 
 def assert_store_consistent(store: Path) -> dict[str, dict]:
     """Every entry verifies; returns {stage: manifest} (one entry per stage expected)."""
-    from darknet2tflite.store import ArtifactStore
+    from darknet2tflite.store.artifacts import ArtifactStore
 
     st = ArtifactStore(store)
     manifests: dict[str, dict] = {}
@@ -240,7 +240,7 @@ def kill_partial_writer(out: Path, log: Path) -> None:
     ``staged_output``, i.e. a deliver step killed mid-copy: its temp dir stays behind."""
     code = textwrap.dedent(f"""
         import sys, time
-        from darknet2tflite.pipeline import staged_output
+        from darknet2tflite.store.output import staged_output
         with staged_output({str(out)!r}) as tmp:
             (tmp / "model.int8.tflite").write_bytes(b"half-written")
             print("writing", flush=True)
@@ -255,7 +255,7 @@ def kill_store_producer(store: Path, key: str, log: Path) -> None:
     followed by an edit of the inputs), which only ``gc_tmp`` removes."""
     code = textwrap.dedent(f"""
         import time
-        from darknet2tflite.store import ArtifactStore
+        from darknet2tflite.store.artifacts import ArtifactStore
         def produce(tmp):
             (tmp / "model.keras").write_bytes(b"half")
             print("producing", flush=True)
@@ -442,7 +442,7 @@ def _umask() -> int:
                                   "store-under-file"])
 def test_out_or_store_on_a_file_is_one_line_error(tmp_path: Path, model, calib, capsys,
                                                   case: str) -> None:
-    from darknet2tflite.cli import main
+    from cli.main import main
 
     f = tmp_path / "afile"
     f.write_text("keep me")
@@ -467,7 +467,7 @@ def test_staged_output_refuses_file_and_cleans_only_dead_partials(tmp_path: Path
     """A live writer's temp dir (flock held) is never touched by a second writer; a dead
     one's is removed."""
     from darknet2tflite.errors import UserError
-    from darknet2tflite.pipeline import staged_output
+    from darknet2tflite.store.output import staged_output
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a directory"):
@@ -494,7 +494,7 @@ def test_names_from_inputs_cannot_escape_out(tmp_path: Path) -> None:
     """Output names that come from input files (evaluation image names -> report images,
     batch model names -> out/<name>) are confined to the output folder."""
     from flows.batch import discover_models
-    from tasks.report import deliverable_files, safe_relpath
+    from darknet2tflite.stages.report import deliverable_files, safe_relpath
 
     for bad in ("../x.png", "/etc/x.png", "report_images/../../x.png", "a//b", "", "."):
         with pytest.raises(ValueError):
@@ -558,7 +558,7 @@ def test_prefect_settings_resolve_to_loopback_in_a_fresh_process(tmp_path: Path)
     assert "PREFECT_UI_API_URL" in doc and "PREFECT_SERVER_API_AUTH_STRING" in doc
     assert "reverse proxy" in doc
     for text in [doc, (REPO / "README.md").read_text(),
-                 (REPO / "darknet2tflite" / "serve_cli.py").read_text(),
+                 (REPO / "cli" / "serve.py").read_text(),
                  (REPO / "flows" / "_settings.py").read_text()]:
         # 0.0.0.0 appears only as the deliberate, documented opt-in
         for line in text.splitlines():

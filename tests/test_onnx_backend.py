@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet2tflite import onnx_backend as ob
+from darknet2tflite.int8.backends import compare, onnx_export, outcome
+from darknet2tflite.int8.backends import onnx2tf as o2t
+from darknet2tflite.tflite import inspect, metrics as tflite_metrics
 
 N_CALIB = 32
 N_EVAL = 4
@@ -62,11 +64,11 @@ def _images(folder: Path, cfg, first: int, n: int) -> np.ndarray:
 
 def _build(cfg_path: Path, weights_path: Path):
     """The rewritten float model the int8 backends start from (exact rules only)."""
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.metadata import decode_metadata
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.darknet.metadata import decode_metadata
     from darknet2tflite.rewrites import load_rules
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.darknet.weights import read_weights
     cfg = parse_cfg(cfg_path)
     rules = load_rules()
     chosen = [rules[n] for n in ("route_groups", "maxpool_pad") if n in rules]
@@ -82,12 +84,12 @@ def _run(cfg_pair, coco: Path, out: Path, layout: str, quantizer: str, from_path
     if from_path:
         src = out / "model.keras"
         model.save(src)
-    onnx_path = ob.export_onnx(src, out / "model.onnx", opset=17, layout=layout)
-    parity = ob.onnx_parity(onnx_path, model, evalb)
+    onnx_path = onnx_export.export_onnx(src, out / "model.onnx", opset=17, layout=layout)
+    parity = onnx_export.onnx_parity(onnx_path, model, evalb)
     guard = NetworkGuard()
     with pytest.MonkeyPatch.context() as mp:
         guard.install(mp)
-        res = ob.onnx2tf_convert(onnx_path, out, calib, "uint8", meta, quantizer=quantizer,
+        res = o2t.onnx2tf_convert(onnx_path, out, calib, "uint8", meta, quantizer=quantizer,
                                  keras_model=model, eval_batch=evalb, latency_runs=3)
     return {"cfg": cfg, "model": model, "meta": meta, "calib": calib, "eval": evalb,
             "onnx": onnx_path, "parity": parity, "result": res, "guard": guard}
@@ -118,9 +120,9 @@ def _report(name: str, run: dict) -> None:
 @pytest.mark.parametrize("which", ["v4", "v3"])
 def test_onnx_export_contract_and_parity(which, request):
     run = request.getfixturevalue(which)
-    io_ = ob.onnx_io(run["onnx"])
+    io_ = onnx_export.onnx_io(run["onnx"])
     model, cfg = run["model"], run["cfg"]
-    assert io_["opset"] >= ob.ONNX_MIN_OPSET
+    assert io_["opset"] >= onnx_export.ONNX_MIN_OPSET
     assert [n for n, _ in io_["inputs"]] == ["image"]
     assert [n for n, _ in io_["outputs"]] == list(model.output_names)
     assert [n for n, _ in io_["outputs"]] == [h["output"] for h in run["meta"]["heads"]]
@@ -139,8 +141,8 @@ def test_onnx_export_contract_and_parity(which, request):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["v4", "v3"])
 def test_onnx2tf_int8_contract_full_integer(which, request):
-    from darknet2tflite.export import interpreter, run_tflite
-    from darknet2tflite.metadata import read_tflite_metadata
+    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.darknet.metadata import read_tflite_metadata
     run = request.getfixturevalue(which)
     r, cfg, meta = run["result"], run["cfg"], run["meta"]
     assert r["status"] == "ok", r.get("reason")
@@ -190,28 +192,28 @@ def test_onnx2tf_never_touches_the_network(which, request):
     assert run["result"]["network"]["sample_requests_served_locally"] >= 1
     import importlib
     common = importlib.import_module("onnx2tf.utils.common_functions")
-    assert not isinstance(common.requests, ob._NoNetwork)  # patch was undone
+    assert not isinstance(common.requests, o2t._NoNetwork)  # patch was undone
 
 
 @pytest.mark.slow
 def test_compare_with_direct_backend_on_real_model(v4):
     """compare_backends on real results: the direct TFLiteConverter int8 model vs onnx2tf."""
-    from darknet2tflite.export import convert, interpreter, run_tflite
+    from darknet2tflite.tflite.export import convert, interpreter, run_tflite
     model, meta, calib, evalb = v4["model"], v4["meta"], v4["calib"], v4["eval"]
     data = convert(model, mode="int8",
-                   representative=lambda: ([x[None]] for x in ob._pin_input_range(calib)))
+                   representative=lambda: ([x[None]] for x in o2t._pin_input_range(calib)))
     ref = model.predict(evalb, batch_size=1, verbose=0)
-    from darknet2tflite.export import head_tensor_names
+    from darknet2tflite.tflite.export import head_tensor_names
     it = interpreter(data)
     m = dict(meta, heads=[dict(h, tflite_output=t) for h, t in zip(
         meta["heads"], head_tensor_names(it, list(model.output_names),
                                          [h["output"] for h in meta["heads"]]))])
     got = run_tflite(it, evalb, m)
     direct = {"status": "ok", "conversion_seconds": None,
-              "int8": {"status": "ok", "size_bytes": len(data), "float_ops": ob.float_ops(data),
-                       "sqnr_db": [ob.sqnr_db(r, g) for r, g in zip(ref, got)],
-                       "latency_ms": ob.latency_ms(data, runs=3)}}
-    cmp = ob.compare_backends(direct, v4["result"])
+              "int8": {"status": "ok", "size_bytes": len(data), "float_ops": inspect.float_ops(data),
+                       "sqnr_db": [tflite_metrics.sqnr_db(r, g) for r, g in zip(ref, got)],
+                       "latency_ms": tflite_metrics.latency_ms(data, runs=3, warmup=1)}}
+    cmp = compare.compare_backends(direct, v4["result"])
     assert cmp["winner"] in ("direct", "onnx2tf")
     assert cmp["decided_by"] in ("float_ops", "ap", "sqnr", "latency", "tie")
     metrics = [row["metric"] for row in cmp["table"]]
@@ -231,7 +233,7 @@ def _tiny_meta() -> dict:
 
 def test_bad_onnx_path_is_reported_not_raised(tmp_path):
     cal = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
-    res = ob.onnx2tf_convert(tmp_path / "missing.onnx", tmp_path / "out", cal, "uint8",
+    res = o2t.onnx2tf_convert(tmp_path / "missing.onnx", tmp_path / "out", cal, "uint8",
                              _tiny_meta())
     assert res["status"] == "failed"
     assert res["reason"] and "\n" not in res["reason"]
@@ -239,7 +241,7 @@ def test_bad_onnx_path_is_reported_not_raised(tmp_path):
 
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not an onnx file")
-    res = ob.onnx2tf_convert(garbage, tmp_path / "out2", cal, "uint8", _tiny_meta())
+    res = o2t.onnx2tf_convert(garbage, tmp_path / "out2", cal, "uint8", _tiny_meta())
     assert res["status"] == "failed" and "\n" not in res["reason"]
 
 
@@ -250,7 +252,7 @@ def test_onnx2tf_sys_exit_is_reported(tmp_path, monkeypatch):
     inp = keras.Input((32, 32, 3), batch_size=1, name="image")
     y = keras.layers.Conv2D(18, 1, name="head_001_yolo")(inp)
     model = keras.Model(inp, y)
-    onnx_path = ob.export_onnx(model, tmp_path / "m.onnx")
+    onnx_path = onnx_export.export_onnx(model, tmp_path / "m.onnx")
 
     def boom(**kw):
         print("ERROR: simulated onnx2tf failure")
@@ -258,7 +260,7 @@ def test_onnx2tf_sys_exit_is_reported(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx2tf, "convert", boom)
     cal = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
-    res = ob.onnx2tf_convert(onnx_path, tmp_path / "out", cal, "uint8", _tiny_meta())
+    res = o2t.onnx2tf_convert(onnx_path, tmp_path / "out", cal, "uint8", _tiny_meta())
     assert res["status"] == "failed"
     assert "simulated onnx2tf failure" in res["reason"] and "\n" not in res["reason"]
     # the temporary onnx2tf work dir is gone, the log is kept
@@ -274,15 +276,15 @@ def test_run_backend_captures_failure_and_keeps_other_result():
     def broken() -> dict:
         raise RuntimeError("converter exploded\nwith a long traceback")
 
-    d = ob.run_backend("direct", direct)
-    o = ob.run_backend("onnx2tf", broken)
+    d = outcome.run_backend("direct", direct)
+    o = outcome.run_backend("onnx2tf", broken)
     assert d["status"] == "ok"
     assert o["status"] == "failed" and o["reason"] == "RuntimeError: converter exploded"
-    cmp = ob.compare_backends(d, o)
+    cmp = compare.compare_backends(d, o)
     assert cmp["winner"] == "direct" and cmp["decided_by"] == "availability"
     assert "converter exploded" in cmp["reason"]
     assert cmp["backends"]["direct"]["min_sqnr_db"] == 30.0
-    both = ob.compare_backends(o, {"status": "failed", "reason": "x"})
+    both = compare.compare_backends(o, {"status": "failed", "reason": "x"})
     assert both["winner"] is None
 
 
@@ -302,13 +304,13 @@ def _res(float_ops=0, sqnr=(30.0, 30.0), latency=10.0, ap=None) -> dict:
     (_res(ap=0.380), _res(ap=0.383, latency=10.2), "direct", "tie"),
 ])
 def test_compare_backends_rule(direct, onnx2tf, winner, by):
-    cmp = ob.compare_backends(direct, onnx2tf)
+    cmp = compare.compare_backends(direct, onnx2tf)
     assert (cmp["winner"], cmp["decided_by"]) == (winner, by), cmp["reason"]
 
 
 def test_export_onnx_rejects_low_opset(tmp_path):
     with pytest.raises(ValueError, match="opset"):
-        ob.export_onnx(object(), tmp_path / "m.onnx", opset=11)
+        onnx_export.export_onnx(object(), tmp_path / "m.onnx", opset=11)
 
 
 # --------------------------------------------------------------------------- tiny model
@@ -331,15 +333,15 @@ def _tiny_model():
 @pytest.mark.parametrize("quantizer,layout", [("tflite", "NHWC"), ("onnx2tf", "NCHW")])
 def test_int8_input_type_on_tiny_model(tmp_path, quantizer, layout):
     """input_type='int8': scale 1/255 with zero point -128, through both quantizers."""
-    from darknet2tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import interpreter, run_tflite
     model, meta = _tiny_model()
-    onnx_path = ob.export_onnx(model, tmp_path / "m.onnx", layout=layout)
+    onnx_path = onnx_export.export_onnx(model, tmp_path / "m.onnx", layout=layout)
     rng = np.random.default_rng(0)
     cal = rng.random((8, 32, 32, 3), dtype=np.float32)
     guard = NetworkGuard()
     with pytest.MonkeyPatch.context() as mp:
         guard.install(mp)
-        res = ob.onnx2tf_convert(onnx_path, tmp_path / "out", cal, "int8", meta,
+        res = o2t.onnx2tf_convert(onnx_path, tmp_path / "out", cal, "int8", meta,
                                  quantizer=quantizer, latency_runs=1)
     assert guard.attempts == []
     assert res["status"] == "ok", res["reason"]
@@ -355,8 +357,8 @@ def test_int8_input_type_on_tiny_model(tmp_path, quantizer, layout):
 
 def test_pin_input_range():
     x = np.full((2, 4, 4, 3), 0.5, np.float32)
-    y = ob._pin_input_range(x)
+    y = o2t._pin_input_range(x)
     assert y.min() == 0.0 and y.max() == 1.0
     assert np.count_nonzero(y != 0.5) == 6  # one pixel (3 channels) per missing extreme
     z = np.concatenate([np.zeros((1, 4, 4, 3)), np.ones((1, 4, 4, 3))]).astype(np.float32)
-    assert np.array_equal(ob._pin_input_range(z), z)
+    assert np.array_equal(o2t._pin_input_range(z), z)

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet2tflite.builder import build_keras
-from darknet2tflite.cfg import ACTIVATIONS, parse_cfg
-from darknet2tflite.export import convert, interpreter, run_tflite
-from darknet2tflite.metadata import decode_metadata
-from darknet2tflite.parity import PARITY_TOLERANCE, compare_heads
-from darknet2tflite.pipeline import build_stage, parity_images, parity_stage
-from darknet2tflite.reference import opencv_heads, opencv_supports
-from darknet2tflite.weights import random_weights, read_weights, write_weights
+from darknet2tflite.model.builder import build_keras
+from darknet2tflite.darknet.cfg import ACTIVATIONS, parse_cfg
+from darknet2tflite.tflite.export import convert, interpreter, run_tflite
+from darknet2tflite.darknet.metadata import decode_metadata
+from darknet2tflite.reference.parity import PARITY_TOLERANCE, compare_heads
+from darknet2tflite.stages.build import build_stage
+from darknet2tflite.stages.parity import parity_images, parity_stage
+from darknet2tflite.reference.opencv import opencv_heads, opencv_supports
+from darknet2tflite.darknet.weights import random_weights, read_weights, write_weights
 
 from conftest import CFG_DIR
 from test_cfg import cfg_text
@@ -191,7 +192,7 @@ def test_float_tflite_matches_keras_on_synthetic(tmp_path: Path) -> None:
     cfg = parse_cfg(cfg_path)
     model, _ = build_keras(cfg, read_weights(w_path, cfg))
     meta = decode_metadata(cfg)
-    from darknet2tflite.export import head_tensor_names
+    from darknet2tflite.tflite.export import head_tensor_names
     data = convert(model)
     it = interpreter(data)
     for h, t in zip(meta["heads"], head_tensor_names(it, list(model.output_names),

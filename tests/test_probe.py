@@ -15,14 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet2tflite.cfg import parse_cfg
+from darknet2tflite.darknet.cfg import parse_cfg
 from darknet2tflite.errors import UserError
-from darknet2tflite.probe import (
-    EXACT_TOLERANCE, OK, Prober, ProfileError, available_profiles, inspect_tflite,
-    load_images, load_profile, probe, probe_with_rewrites, signature, tiny_section,
-)
+from darknet2tflite.probe.prober import EXACT_TOLERANCE, Prober, probe
+from darknet2tflite.probe.report import OK
+from darknet2tflite.probe.profiles import ProfileError, available_profiles, load_profile
+from darknet2tflite.tflite.inspect import inspect_tflite
+from darknet2tflite.probe.rules import load_images, probe_with_rewrites
+from darknet2tflite.probe.signatures import signature
+from darknet2tflite.probe.tiny import tiny_section
 from darknet2tflite.rewrites import Rule, load_rules
-from darknet2tflite.weights import random_weights
+from darknet2tflite.darknet.weights import random_weights
 
 from test_rewrites import cfg_text
 
@@ -51,9 +54,9 @@ def resized_cfg(src: Path, dst: Path, size: int) -> Path:
 
 def convert_full_int8(cfg, weights, rules, images: np.ndarray) -> bytes:
     """The whole rewritten model, full-integer (uint8 input, int8 outputs)."""
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.export import convert
-    from darknet2tflite.probe import _quiet
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.tflite.export import convert
+    from darknet2tflite.probe.prober import _quiet
     model, _ = build_keras(cfg, weights, rules)
     with _quiet():
         return convert(model, mode="int8",
@@ -63,7 +66,7 @@ def convert_full_int8(cfg, weights, rules, images: np.ndarray) -> bytes:
 def assert_integer_only(data: bytes, n_heads: int) -> None:
     """Every op's tensors are integer; QUANTIZE only where it reads the model input;
     every output is the raw output of a CONV_2D (no decode after the heads)."""
-    from darknet2tflite.probe import _interpreter
+    from darknet2tflite.tflite.inspect import _interpreter
     s = inspect_tflite(data, max_quant_scale=1e6)
     assert s.float_ops == [], s.float_ops
     assert s.large_scales == [] and s.dead_outputs == []
@@ -208,7 +211,7 @@ def test_yolov4_tiny_probe_and_rewrites(v4tiny, samples):
 
 @pytest.mark.slow
 def test_yolov4_tiny_rewritten_converts_integer_only(v4tiny, samples):
-    from darknet2tflite.probe import _as_weights
+    from darknet2tflite.probe.prober import _as_weights
     cfg, weights, _, _, applied, _ = v4tiny
     rules = [load_rules()[a.name] for a in applied]
     w = _as_weights(str(weights), cfg)
@@ -219,7 +222,7 @@ def test_yolov4_tiny_rewritten_converts_integer_only(v4tiny, samples):
 
 @pytest.mark.slow
 def test_yolov3_tiny_maxpool_rewrite_and_integer_only(samples, tmp_path):
-    from darknet2tflite.probe import _as_weights
+    from darknet2tflite.probe.prober import _as_weights
     cfg = parse_cfg(CFG / "yolov3-tiny.mask123.cfg")
     weights = _as_weights(need(WEIGHTS / "yolov3-tiny.weights"), cfg)
     before, after, applied = probe_with_rewrites(cfg, weights, "int8", images=samples)
@@ -271,7 +274,8 @@ def test_probe_cost_follows_signatures_not_depth(v4, v4tiny):
 def test_yolov4_rewritten_converts_integer_only(v4, samples, tmp_path):
     """At 160x160 (same layers and weights, much faster calibration): no float op, and
     the exact mish rule keeps the float heads within 1e-5 on real photos."""
-    from darknet2tflite.probe import _as_weights, deviation
+    from darknet2tflite.probe.prober import _as_weights
+    from darknet2tflite.probe.rules import deviation
     cfg = parse_cfg(resized_cfg(CFG / "yolov4.cfg", tmp_path / "yolov4-160.cfg", 160))
     weights = _as_weights(v4[1], cfg)
     rules = [load_rules()[a.name] for a in v4[4]]
@@ -367,7 +371,7 @@ def test_probe_without_weights_only_makes_weights_for_probed_layers():
 # --------------------------------------------------------------------------- CLI
 
 def _run_cli(argv: list[str]) -> int:
-    from darknet2tflite.probe_cli import add_probe_parser
+    from cli.probe import add_probe_parser
     ap = argparse.ArgumentParser(prog="darknet2tflite")
     add_probe_parser(ap.add_subparsers(dest="command"))
     args = ap.parse_args(argv)
@@ -406,7 +410,7 @@ def test_cli_unfixable_model_exits_nonzero_naming_layer_and_op(tmp_path, capsys)
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
-    from darknet2tflite.cli import main
+    from cli.main import main
     cfg = _mish_cfg(tmp_path)
     assert main(["probe", str(cfg), "--target", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

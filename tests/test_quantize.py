@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from darknet2tflite.calibration import (CalibrationWarning, calibrate, holdout_split,
+from darknet2tflite.int8.calibration import (CalibrationWarning, calibrate, holdout_split,
                                         load_calibration)
 from darknet2tflite.errors import InputError
 from darknet2tflite.images import load_rgb, preprocess
@@ -39,7 +39,7 @@ def cache_env(tmp_path_factory):
 
 
 def _run(tmp_path_factory, cfg_weights, coco_images, tag):
-    from darknet2tflite.quantize import convert_int8
+    from darknet2tflite.int8.quantize import convert_int8
     cfg, weights = cfg_weights
     out = tmp_path_factory.mktemp(tag) / "out"
     report = convert_int8(cfg, weights, out, coco_images,
@@ -60,8 +60,8 @@ def v3_run(tmp_path_factory, yolov3_tiny, coco_images, cache_env):
 
 
 def _check_contract(out: Path, report: dict, image: Path) -> None:
-    from darknet2tflite.evaluate import file_meta, run_model
-    from darknet2tflite.quantize import check_integer, inspect_ops, input_quantization
+    from darknet2tflite.evaluation.evaluate import file_meta, run_model
+    from darknet2tflite.tflite.inspect import check_integer, inspect_ops, input_quantization
     for f in REQUIRED_FILES:
         assert (out / f).is_file(), f
     data = (out / "model.int8.tflite").read_bytes()
@@ -100,7 +100,7 @@ def _check_report(out: Path, report: dict) -> None:
     assert "L000_conv" in split["layers"] and 0 < split["extra_mac_fraction"] <= 0.15
     before, after = split["layers"]["L000_conv"]["channels"]
     assert after > before
-    from darknet2tflite.quantize import _tname, _to_obj
+    from darknet2tflite.tflite.flatbuffer import _tname, _to_obj
     g = _to_obj((out / "model.int8.tflite").read_bytes()).subgraphs[0]
     shapes = {_tname(t): list(t.shape) for t in g.tensors}
     assert any("L000_leaky" in n and s[-1] == after for n, s in shapes.items())
@@ -168,11 +168,11 @@ def test_yolov4_tiny_report_complete(v4_run):
 def test_yolov4_tiny_split_heads_are_exact(v4_run, yolov4_tiny, coco_images):
     """The head split changes layout only: concat(split outputs) == unsplit raw head."""
     import keras
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.quantize import load_keras
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.model.load import load_keras
     from darknet2tflite.rewrites import load_rules
-    from darknet2tflite.weights import read_weights
+    from darknet2tflite.darknet.weights import read_weights
     out, _ = v4_run
     meta = json.loads((out / "model.json").read_text())
     split = load_keras(out / "model.keras")
@@ -211,7 +211,7 @@ def test_yolov4_tiny_accuracy_target(v4_run):
 def _detect_cli(*args) -> "subprocess.CompletedProcess":
     import subprocess
     import sys
-    return subprocess.run([sys.executable, "-m", "darknet2tflite.cli", "detect", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "cli.main", "detect", *map(str, args)],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -299,7 +299,7 @@ def test_yolov3_tiny_report_and_accuracy(v3_run):
 # --------------------------------------------------------------------------- bad inputs
 
 def _convert(tmp_path, cfg_weights, calib, **kw):
-    from darknet2tflite.quantize import convert_int8
+    from darknet2tflite.int8.quantize import convert_int8
     cfg, weights = cfg_weights
     return convert_int8(cfg, weights, tmp_path / "out", calib, progress=None, **kw)
 
@@ -345,7 +345,7 @@ def test_only_corrupt_images_fail_before_conversion(tmp_path, yolov4_tiny, monke
 def test_mixed_formats_are_preprocessed_like_darknet(tmp_path, yolov4_tiny, coco_images,
                                                      monkeypatch):
     """png / bmp / gray / RGBA made here; one corrupt file skipped with ONE warning."""
-    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.darknet.cfg import parse_cfg
     monkeypatch.setenv("DARKNET2TFLITE_CACHE", str(tmp_path / "cache"))
     src = cv2.imread(str(sorted(coco_images.glob("*.jpg"))[0]))
     calib = tmp_path / "calib"
@@ -372,7 +372,7 @@ def test_mixed_formats_are_preprocessed_like_darknet(tmp_path, yolov4_tiny, coco
 
 
 def test_letterbox_cfg_calibrates_with_letterbox(tmp_path, yolov4_tiny, coco_images):
-    from darknet2tflite.cfg import parse_cfg
+    from darknet2tflite.darknet.cfg import parse_cfg
     text = Path(yolov4_tiny[0]).read_text().replace("[net]", "[net]\nletter_box=1", 1)
     cfg_path = tmp_path / "lb.cfg"
     cfg_path.write_text(text)
@@ -434,9 +434,10 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
     """calibrate_model lets TFLite's calibrator see 2 photos and measures the rest itself;
     the ranges must be the calibrator's own over all photos (a missed tensor or image would
     make them narrower, a wrong tensor index different)."""
-    from darknet2tflite import quantize as q
+    from darknet2tflite.int8 import ranges as q
+    from darknet2tflite.model.load import load_keras
     out, _ = v3_run
-    model = q.load_keras(out / "model.keras")
+    model = load_keras(out / "model.keras")
     images = np.asarray(load_calibration(calibrate(yolov3_tiny[0], coco_images, limit=6,
                                                    progress=None).npy))
     assert len(images) == 6
@@ -488,9 +489,10 @@ def test_grey_network_converts_full_integer_with_float_fallback(tmp_path, coco_i
     """A ``[net] channels=1`` model (grey cameras) is calibrated and evaluated on
     Darknet-grey pixels and ships a one-channel uint8 input; ``float_fallback=1`` also
     writes the fallback model with exactly one Darknet layer left float."""
-    from darknet2tflite.evaluate import cosine, run_model
+    from darknet2tflite.evaluation.evaluate import cosine, run_model
     from darknet2tflite.images import load_network_image
-    from darknet2tflite.quantize import check_integer, convert_int8, input_quantization
+    from darknet2tflite.tflite.inspect import check_integer, input_quantization
+    from darknet2tflite.int8.quantize import convert_int8
     from test_parity import _synthetic
     body = "".join(_CONV.format(f, s) for f, s in ((8, 2), (16, 2), (16, 1)))
     cfg_path, w_path = _synthetic(tmp_path, body, size=64, seed=2, channels=1)
@@ -521,9 +523,10 @@ def test_partial_residual_shortcuts_convert_full_integer(tmp_path, coco_images, 
     """Shortcuts between layers of different widths (partial residual networks such as
     yolov3-tiny-prn: Darknet adds the channels both have) lower to slice/add/concat, which
     quantize: full integer, and the int8 head follows the float one."""
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.evaluate import cosine, run_model
-    from darknet2tflite.quantize import check_integer, convert_int8, inspect_ops
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.evaluation.evaluate import cosine, run_model
+    from darknet2tflite.tflite.inspect import check_integer, inspect_ops
+    from darknet2tflite.int8.quantize import convert_int8
     from test_parity import _synthetic
     body = (_CONV.format(8, 2) + _CONV.format(16, 1) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n"
             + _CONV.format(8, 1) + "[shortcut]\nfrom=-2\n\n")
@@ -553,11 +556,12 @@ def test_logistic_heads_are_split_and_box_rounded(tmp_path, coco_images, cache_e
     output before the LOGISTIC op, so they are split like linear heads (one conv + logistic
     per part, exact in float) and their box weights get error-feedback rounding."""
     import keras
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.evaluate import cosine, run_model
-    from darknet2tflite.quantize import check_integer, convert_int8, inspect_ops, load_keras
-    from darknet2tflite.weights import random_weights, read_weights, write_weights
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.evaluation.evaluate import cosine, run_model
+    from darknet2tflite.tflite.inspect import check_integer, inspect_ops
+    from darknet2tflite.int8.quantize import convert_int8, load_keras
+    from darknet2tflite.darknet.weights import random_weights, read_weights, write_weights
     cfg_path = tmp_path / "logistic.cfg"
     cfg_path.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n"
                         + "".join(_CONV.format(f, s) for f, s in ((8, 2), (16, 2), (16, 1)))

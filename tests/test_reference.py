@@ -1,4 +1,4 @@
-"""Tests for the OpenCV DNN Darknet reference (darknet2tflite.reference).
+"""Tests for the OpenCV DNN Darknet reference (darknet2tflite.reference.opencv).
 
 Real-model tests use the shared official weights; synthetic tests compare
 against a small numpy transcription of Darknet's forward pass so that the
@@ -14,7 +14,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from darknet2tflite import reference as ref  # noqa: E402
+from darknet2tflite.reference import opencv as ref  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CFG_DIR = SHARED / "darknet" / "cfg"

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from darknet2tflite.cfg import parse_cfg
-from darknet2tflite.probe import (
-    EXACT_TOLERANCE, OK, Prober, inspect_tflite, load_profile, probe, probe_with_rewrites,
-)
+from darknet2tflite.darknet.cfg import parse_cfg
+from darknet2tflite.probe.prober import EXACT_TOLERANCE, Prober, probe
+from darknet2tflite.probe.report import OK
+from darknet2tflite.tflite.inspect import inspect_tflite
+from darknet2tflite.probe.profiles import load_profile
+from darknet2tflite.probe.rules import probe_with_rewrites
 from darknet2tflite.rewrites import load_rules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +151,7 @@ ACTIVATION_LAYERS = {
 def test_activation_rewrite_matches_darknet_on_a_dense_grid(act):
     """Beyond the photos: the whole float range, including the saturated tails where
     the mish form goes through log(0) territory and elu/selu switch branches."""
-    from darknet2tflite.layers import DarknetActivation
+    from darknet2tflite.model.layers import DarknetActivation
     from darknet2tflite.rewrites import _layers
     x = np.concatenate([np.linspace(-40, 40, 160001), np.linspace(-3, 3, 60001),
                         [0.0, -0.0, 1e-30, -1e-30, 16.6, 13.8, 88.0, -88.0]])
@@ -194,10 +196,10 @@ def test_maxpool_rewrite_is_bit_exact_on_negative_maps(tmp_path, body, mode):
     pads must then still never win a window."""
     import keras
 
-    from darknet2tflite.builder import build_keras
-    from darknet2tflite.probe import _as_weights
+    from darknet2tflite.model.builder import build_keras
+    from darknet2tflite.probe.prober import _as_weights
     from darknet2tflite.rewrites.maxpool_pad import pad_mode
-    from darknet2tflite.weights import random_weights
+    from darknet2tflite.darknet.weights import random_weights
     text = cfg_text()  # maxpool first, straight on the (all negative) input
     text = text.replace("channels=3\n", "channels=3\n" + body, 1)
     cfg = parse_cfg(write_cfg(tmp_path, mode, text))
@@ -218,10 +220,10 @@ def test_maxpool_rewrite_is_bit_exact_on_negative_maps(tmp_path, body, mode):
 def test_maxpool_pad_modes_cover_darknet_paddings():
     """Window geometry: which pads each exact replacement accepts (see maxpool_pad docs)."""
     from hypothesis import given, settings, strategies as st
-    from darknet2tflite.builder import maxpool_pads
-    from darknet2tflite.cfg import Section
+    from darknet2tflite.model.builder import maxpool_pads
+    from darknet2tflite.darknet.config import Section
     from darknet2tflite.rewrites.maxpool_pad import pad_mode
-    from darknet2tflite.shapes import SHAPE_RULES
+    from darknet2tflite.darknet.shapes import SHAPE_RULES
     from darknet2tflite.errors import CfgError
 
     @settings(max_examples=300, deadline=None)
@@ -261,7 +263,7 @@ def _pool1d(x: np.ndarray, k: int, s: int, n_out: int) -> np.ndarray:
 
 
 def test_reorg_rewrite_equals_darknet_gather():
-    from darknet2tflite.layers import Reorg
+    from darknet2tflite.model.layers import Reorg
     from darknet2tflite.rewrites._layers import ReorgTranspose
     rng = np.random.default_rng(0)
     for shape, s in [((1, 8, 12, 16), 2), ((2, 6, 6, 18), 3), ((1, 4, 4, 4), 2)]:

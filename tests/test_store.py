@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from darknet2tflite.store import PIPELINE_VERSION, ArtifactStore, file_digest, stage_key
+from darknet2tflite.store.artifacts import PIPELINE_VERSION, ArtifactStore, file_digest, stage_key
 
 SPAWN = mp.get_context("spawn")
 

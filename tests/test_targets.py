@@ -129,8 +129,8 @@ def test_accuracy_reported_with_the_targets_arithmetic(converted, model):
 
 @pytest.fixture(scope="session")
 def mish_model(twork) -> tuple[Path, Path]:
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.weights import random_weights, write_weights
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.darknet.weights import random_weights, write_weights
     from test_rewrites import cfg_text
     cfg = twork / "mish.cfg"
     cfg.write_text(cfg_text(MISH_BODY))
@@ -186,8 +186,11 @@ def _cfgs() -> list[Path]:
 def test_probe_tflm_verdict_agrees_with_tflite_micro(cfg_path):
     """The hand-kept tflm op list (the probe's fast first filter, tools off) against the
     real interpreter, per layer signature, plain and with every default rewrite rule."""
-    from darknet2tflite.cfg import parse_cfg
-    from darknet2tflite.probe import UNSUPPORTED, Prober, load_profile, signature
+    from darknet2tflite.darknet.cfg import parse_cfg
+    from darknet2tflite.probe.report import UNSUPPORTED
+    from darknet2tflite.probe.prober import Prober
+    from darknet2tflite.probe.profiles import load_profile
+    from darknet2tflite.probe.signatures import signature
     from darknet2tflite.rewrites import load_rules
     from darknet2tflite.targets.tflm import TflmTarget
 
@@ -223,7 +226,7 @@ def test_probe_tflm_verdict_agrees_with_tflite_micro(cfg_path):
 
 
 def test_cli_target_errors_are_one_line(capsys):
-    from darknet2tflite.cli import main
+    from cli.main import main
     cfg, weights = CFG_DIR / "yolov4-tiny.cfg", CFG_DIR / "yolov4-tiny.cfg"
     args = ["convert", str(cfg), str(weights), "--out", "/tmp/never", "--calibration",
             str(CFG_DIR)]
@@ -254,7 +257,8 @@ def test_npu_cpu_fallback_is_reported_refused_with_npu_only_and_avoided_by_rewri
     """Vela leaves [reorg]'s default lowering (GATHER) to the CPU: the probe says so per layer,
     --npu-only turns it into the one-line refusal, and the exact reorg rule, chosen because
     the target's own compiler prefers it, keeps the layer on the NPU."""
-    from darknet2tflite.probe import probe, probe_with_rewrites
+    from darknet2tflite.probe.prober import probe
+    from darknet2tflite.probe.rules import probe_with_rewrites
     from darknet2tflite.targets import probe_profiles
     from darknet2tflite.targets.requirements import unmet
     from test_rewrites import cfg_text

@@ -88,10 +88,10 @@ def test_report_has_label_free_verdict_first(ux):
 def test_agreement_drops_for_an_int8_model_with_broken_scales(ux, tmp_path):
     """Same images, same float reference: the delivered int8 model against a copy with one
     intermediate activation's scale divided by 20 (its range clipped to 1/20)."""
-    from darknet2tflite.agreement import float_agreement
-    from darknet2tflite.evaluate import detect, load_eval_images, run_model
+    from darknet2tflite.evaluation.agreement import float_agreement
+    from darknet2tflite.evaluation.evaluate import detect, load_eval_images, run_model
     from darknet2tflite.images import find_images
-    from darknet2tflite.quantize import _to_bytes, _to_obj
+    from darknet2tflite.tflite.flatbuffer import _to_bytes, _to_obj
 
     out = ux["out"]
     meta = json.loads((out / "model.json").read_text())
@@ -163,7 +163,7 @@ def test_report_pictures_for_the_ui(ux):
     import cv2
     import numpy as np
 
-    from darknet2tflite.ui_markdown import IMAGE_LINK, inline_images
+    from darknet2tflite.evaluation.ui_markdown import IMAGE_LINK, inline_images
 
     out = ux["out"]
     md = (out / "report.md").read_text()
@@ -186,10 +186,9 @@ def test_report_pictures_for_the_ui(ux):
 
 def test_labels_of_overlapping_boxes_do_not_overlap():
     import cv2
-    import numpy as np
 
-    from darknet2tflite.decode import Detections
-    from darknet2tflite.draw import _place_label
+    from darknet2tflite.evaluation.decode import Detections
+    from darknet2tflite.evaluation.draw import _place_label
 
     dets = Detections(boxes=[[100, 100, 300, 300]] * 3 + [[110, 105, 280, 290]],
                       scores=[0.9, 0.8, 0.7, 0.6], classes=[0, 1, 2, 3])

@@ -10,27 +10,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
 
-if TYPE_CHECKING:
-    from ..builder import BuildContext
-    from ..cfg import Section
+from darknet2tflite.model.rule import Rule
 
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    #: hook points: a section kind ("maxpool", "route", "convolutional", "upsample",
-    #: "reorg"), "head", or "activation:<name>" (e.g. "activation:mish")
-    targets: frozenset[str]
-    exact: bool          # exact rules must keep relative error <= 1e-5
-    opt_in: bool         # approximate rules that change semantics are never applied by default
-    emits: str           # TFLite ops the replacement lowers to
-    description: str
-    matches: Callable[["Section", str], bool]
-    build: Callable[["BuildContext", "Section", list], Any]
-
+__all__ = ["RULES", "Rule", "load_rules", "register"]
 
 RULES: dict[str, Rule] = {}
 

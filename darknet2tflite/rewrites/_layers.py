@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ..layers import PACKAGE
+from darknet2tflite.model.layers import PACKAGE
 
 
 class _Elementwise(keras.layers.Layer):

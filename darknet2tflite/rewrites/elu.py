@@ -5,9 +5,9 @@ range up to e^max(x) (int8 SQNR ~16 dB), and SELECT is absent from TFLite Micro.
 x - relu(x) = min(x, 0) stays in (0, 1]."""
 from __future__ import annotations
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
-from ._layers import EluBounded
+from darknet2tflite.rewrites._layers import EluBounded
 
 
 def _build(ctx, sec: Section, ins: list):

@@ -5,9 +5,9 @@ int8 SELECT forces both branches onto one scale, ~29 dB SQNR). Replacement: MUL,
 RELU, MINIMUM, MUL (~43 dB)."""
 from __future__ import annotations
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
-from ._layers import HardMishClip
+from darknet2tflite.rewrites._layers import HardMishClip
 
 
 def _build(ctx, sec: Section, ins: list):

@@ -22,9 +22,9 @@ from typing import Any
 
 import keras
 
-from ..builder import BuildContext, conv_linear, head_output_name
-from ..cfg import Section
-from ..layers import DarknetActivation
+from darknet2tflite.model.builder import BuildContext, conv_linear, head_output_name
+from darknet2tflite.darknet.config import Section
+from darknet2tflite.model.layers import DarknetActivation
 from . import Rule, register
 
 #: channel slices of ONE anchor's block, (start, end) with end None = up to the block end

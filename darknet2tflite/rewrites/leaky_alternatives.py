@@ -11,9 +11,9 @@ inputs the output's range, so the x shared with the 0.1x branch gets clipped at
 0.1 * min(x) (measured ~25 dB SQNR against ~36 dB for this form)."""
 from __future__ import annotations
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
-from ._layers import PiecewiseLinear
+from darknet2tflite.rewrites._layers import PiecewiseLinear
 
 
 def _build(ctx, sec: Section, ins: list):

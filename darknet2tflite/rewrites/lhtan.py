@@ -3,9 +3,9 @@
 Default lowering: GREATER, LESS and two SELECTs (absent from TFLite Micro)."""
 from __future__ import annotations
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
-from ._layers import PiecewiseLinear
+from darknet2tflite.rewrites._layers import PiecewiseLinear
 
 
 def _build(ctx, sec: Section, ins: list):

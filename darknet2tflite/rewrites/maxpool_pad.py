@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import keras
 
-from ..builder import maxpool_is_tf_same, maxpool_pads
-from ..cfg import Section
-from ..layers import ConstantPad
+from darknet2tflite.model.builder import maxpool_is_tf_same, maxpool_pads
+from darknet2tflite.darknet.config import Section
+from darknet2tflite.model.layers import ConstantPad
 from . import Rule, register
-from ._layers import EdgePad
+from darknet2tflite.rewrites._layers import EdgePad
 
 
 def pad_mode(sec: Section) -> str | None:

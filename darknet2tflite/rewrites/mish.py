@@ -8,9 +8,9 @@ bounded intermediates (~38 dB on the same probe). Float deviation from Darknet's
 is a few ulp (exact rule, measured <= 1e-6 relative)."""
 from __future__ import annotations
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
-from ._layers import MishLogistic
+from darknet2tflite.rewrites._layers import MishLogistic
 
 
 def _matches(sec: Section, target: str) -> bool:

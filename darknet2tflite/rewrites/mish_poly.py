@@ -14,8 +14,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ..cfg import Section
-from ..layers import PACKAGE
+from darknet2tflite.darknet.config import Section
+from darknet2tflite.model.layers import PACKAGE
 from . import Rule, register
 
 #: least squares of x * (c1 s + c2 s^2 + c3 s^3) on mish(x), x in [-10, 10] (40001 points)

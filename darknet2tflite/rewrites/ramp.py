@@ -4,9 +4,9 @@ Darknet's ramp is x * (x > 0) + 0.1 x; lowered literally the bool mask is CAST t
 and QUANTIZEd, a float op inside an int8 model."""
 from __future__ import annotations
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
-from ._layers import PiecewiseLinear
+from darknet2tflite.rewrites._layers import PiecewiseLinear
 
 
 def _build(ctx, sec: Section, ins: list):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import keras
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
 
 

@@ -6,9 +6,9 @@ or whose GATHER only takes int32 positions, get the same permutation as three TR
 and three RESHAPEs (see :class:`ReorgTranspose`)."""
 from __future__ import annotations
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
-from ._layers import ReorgTranspose
+from darknet2tflite.rewrites._layers import ReorgTranspose
 
 
 def _build(ctx, sec: Section, ins: list):

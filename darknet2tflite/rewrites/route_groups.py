@@ -5,8 +5,8 @@ DEQUANTIZE -> float SPLIT -> QUANTIZE: a float op in the middle of the int8 grap
 the kept channel block is the same data movement and lowers to an int8 STRIDED_SLICE."""
 from __future__ import annotations
 
-from ..cfg import Section
-from ..layers import ChannelSplit
+from darknet2tflite.darknet.config import Section
+from darknet2tflite.model.layers import ChannelSplit
 from . import Rule, register
 
 

@@ -4,9 +4,9 @@ Default lowering: EXP of the whole input + SELECT (int8 SQNR ~8 dB; SELECT absen
 TFLite Micro). Replacement: 1.0507 * relu(x) + 1.0507 * 1.6732 * (exp(x - relu(x)) - 1)."""
 from __future__ import annotations
 
-from ..cfg import Section
+from darknet2tflite.darknet.config import Section
 from . import Rule, register
-from ._layers import EluBounded
+from darknet2tflite.rewrites._layers import EluBounded
 
 
 def _build(ctx, sec: Section, ins: list):

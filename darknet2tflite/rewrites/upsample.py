@@ -6,10 +6,10 @@ which is what nearest-neighbour resize computes for an integer factor s with eit
 half-pixel convention (floor((y + 0.5) / s) == y // s), so the replacement is bit-exact."""
 from __future__ import annotations
 
-from ..cfg import Section
-from ..layers import Scale
+from darknet2tflite.darknet.config import Section
+from darknet2tflite.model.layers import Scale
 from . import Rule, register
-from ._layers import NearestUpsample
+from darknet2tflite.rewrites._layers import NearestUpsample
 
 
 def _build(ctx, sec: Section, ins: list):

@@ -134,7 +134,7 @@ def probe_profiles(spec: str | Sequence[str] | None) -> list[Any]:
     the probe's per-target verdicts and the layer checks of the target's tool line up."""
     from dataclasses import replace
 
-    from ..probe import load_profile
+    from darknet2tflite.probe.profiles import load_profile
     out = []
     for name in target_list(spec):
         try:

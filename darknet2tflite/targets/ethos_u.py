@@ -141,7 +141,7 @@ class EthosUTarget:
     def verify(self, model: bytes, inputs: Sequence[Any], out_dir: Any,
                reference: Sequence[Sequence[Any]] | None, *,
                output_layers: dict[str, int] | None = None) -> dict[str, Any]:
-        from ..quantize import layer_of_tensor
+        from darknet2tflite.tflite.names import layer_of_tensor
         out = Path(out_dir)
         with tempfile.TemporaryDirectory(prefix="d2t-vela-", dir=out) as tmp:
             res = compile_model(model, self.name, Path(tmp))

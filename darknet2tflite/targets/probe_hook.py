@@ -16,7 +16,7 @@ _OPCODE = re.compile(r"opcode '([A-Z0-9_]+)'|Node ([A-Z0-9_]+) \(number")
 
 def tool_verdict(profile_name: str, model: bytes) -> Iterator[tuple[str, str, list[str]]]:
     """(status, reason, ops to blame) findings of the tool behind ``profile_name``."""
-    from ..probe import DEGRADED, UNSUPPORTED
+    from darknet2tflite.probe.report import DEGRADED, UNSUPPORTED
     check = layer_check(profile_name)
     if check is None:
         return

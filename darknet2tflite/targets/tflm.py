@@ -84,7 +84,7 @@ def first_divergence(model: bytes, x: np.ndarray, arena: int) -> dict[str, Any] 
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from tflite_micro.python.tflite_micro import runtime
 
-    from ..quantize import layer_of_tensor
+    from darknet2tflite.tflite.names import layer_of_tensor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = Interpreter(model_content=bytes(model), experimental_preserve_all_tensors=True,

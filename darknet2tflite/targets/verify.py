@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 
 from . import TargetError, parse_targets, verified_targets
 from ._runtime import quantized_inputs, run_reference
@@ -26,8 +25,8 @@ def reference_accuracy(int8_tflite: Path, float_tflite: Path | None, meta: Mappi
                        progress: Callable[[str], None]) -> dict[str, Any]:
     """AP/AP50 (with annotations) and head SQNR/cosine against float, of the int8 model
     run with the reference kernels: what a TFLite Micro or Ethos-U device scores."""
-    from ..evaluate import _ap, detect, file_meta, head_errors, load_eval_images, run_model
-    from ..export import run_tflite
+    from darknet2tflite.evaluation.evaluate import _ap, detect, file_meta, head_errors, load_eval_images, run_model
+    from darknet2tflite.tflite.export import run_tflite
     from ._runtime import reference_interpreter
     m = file_meta(int8_tflite, meta)
     batch, kept, sizes, _ = load_eval_images(list(paths), meta)
@@ -59,8 +58,8 @@ def verify_targets(targets: str | Sequence[str], int8_tflite: str | Path,
                    progress: Callable[[str], None] = print) -> dict[str, Any]:
     """{"targets": [per-target result], "accuracy_reference": {...}} for every non-cpu
     target in ``targets``; compiled models (Ethos-U) are written into ``out_dir``."""
-    from ..evaluate import load_eval_images
-    from ..quantize import output_layer_map
+    from darknet2tflite.evaluation.evaluate import load_eval_images
+    from darknet2tflite.tflite.names import output_layer_map
     out = Path(out_dir)
     model = Path(int8_tflite).read_bytes()
     wanted = parse_targets(verified_targets(targets))

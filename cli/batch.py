@@ -1,0 +1,125 @@
+"""`darknet2tflite batch SOURCE --out DIR --calibration IMGDIR [convert options]`.
+
+Runs the Prefect flow flows/batch.py:batch in-process (like ``convert``): every model of a
+folder of ``<stem>.cfg`` / ``<stem>.weights`` pairs or of a YAML manifest is converted into
+``DIR/<stem>`` as its own ``convert`` subflow, all sharing one artifact store.  A model that
+fails is one line in the summary table (its error, no traceback) and the batch goes on; the
+exit status is 1 when any model failed.
+
+Only argparse lives at module level (the library never imports prefect).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from darknet2tflite.errors import UserError
+
+#: convert options that make no sense for a batch (per-model inputs or a single run)
+NOT_FOR_BATCH = ("cfg", "weights", "from_stage", "help")
+
+
+def add_batch_parser(subparsers: Any, add_convert_args: Callable[[argparse.ArgumentParser],
+                                                                   None]) -> argparse.ArgumentParser:
+    """Register ``batch`` with ``convert``'s options (one definition: ``add_convert_args``)
+    minus the per-model ones."""
+    p = subparsers.add_parser(
+        "batch", help="convert every model of a folder or YAML manifest, with a summary",
+        description="Convert every <stem>.cfg + <stem>.weights pair of a folder (or every "
+                    "entry of a YAML manifest, see flows/batch.py) into OUT/<stem>, each as a "
+                    "'convert' flow run; prints a summary table and exits 1 if a model failed.")
+    p.add_argument("source", help="folder of <stem>.cfg/<stem>.weights pairs or a .yaml "
+                                  "manifest")
+    scratch = argparse.ArgumentParser(add_help=False)
+    add_convert_args(scratch)
+    for action in scratch._actions:
+        if action.dest not in NOT_FOR_BATCH:
+            p._add_action(action)
+            if action.dest == "out":
+                action.help = "output root: every model is written into OUT/<stem>"
+    p.set_defaults(func=run_batch)
+    return p
+
+
+def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The batch flow's parameters (absolute paths), checked before Prefect is imported."""
+    from darknet2tflite.inputs import resolved_file, resolved_folder, resolved_output
+    from darknet2tflite.options import check as check_options, cli_flag, variant_list
+    from darknet2tflite.targets import check_spec
+    from darknet2tflite.targets.requirements import check_allowed
+    src = Path(args.source)
+    if not src.exists():
+        raise UserError(f"batch source {args.source}: no such folder or manifest")
+    if not (src.is_dir() or src.suffix.lower() in (".yaml", ".yml")):
+        raise UserError(f"batch source {args.source}: expected a folder of cfg+weights pairs "
+                        "or a .yaml/.yml manifest")
+    if args.eval_annotations is not None and args.eval_images is None:
+        raise UserError("--eval-annotations needs --eval-images (the annotated images)")
+    check_options(vars(args), spell=cli_flag, error=UserError)
+    return {"source": str(src.resolve()), "out": resolved_output(args.out, "--out"),
+            "calibration": resolved_folder(args.calibration, "--calibration"),
+            "store": resolved_output(args.store, "--store"),
+            "names": resolved_file(args.names, "--names"), "input_type": args.input_type,
+            "calibration_limit": args.calibration_limit, "float_fallback": args.float_fallback,
+            "channel_split": args.channel_split, "calibration_mirror": args.calibration_mirror,
+            "variants": ",".join(variant_list(args.variants)), "backend": args.backend,
+            "eval_annotations": resolved_file(args.eval_annotations, "--eval-annotations"),
+            "eval_images": resolved_folder(args.eval_images, "--eval-images"),
+            "images": resolved_folder(args.images, "--images"),
+            "target": ",".join(check_spec(args.target, args.npu_only)),
+            "allow_approximate": ",".join(check_allowed(variant_list(args.allow_approximate))),
+            "npu_only": bool(args.npu_only)}
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary table: one line per model (its error in that line when it failed)."""
+    rows = summary.get("models") or []
+    width = max([len(r["model"]) for r in rows] + [5])
+    lines = [f"{'model':{width}s}  {'state':9s}  result"]
+    for r in rows:
+        result = r.get("error") or r.get("int8 model") or ""
+        lines.append(f"{r['model']:{width}s}  {r['state']:9s}  {result}")
+    lines.append(f"{summary.get('completed', 0)}/{len(rows)} model(s) converted into "
+                 f"{summary.get('out')}")
+    return lines
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from darknet2tflite import console
+    from flows._served import quiet_user_error_tracebacks
+    params = parameters_from_args(args)
+    quiet = getattr(args, "quiet", False)
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows import _settings
+    from flows import _embedded
+    if getattr(args, "task_runner", None):
+        from flows.runners import ENV, check_spec
+        os.environ[ENV] = check_spec(args.task_runner)
+    _embedded.start_early()
+    from flows.batch import BatchFailure, batch, discover_models
+    try:
+        discover_models(params["source"], {})  # a source without models: one line, now
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    _embedded.wait_ready()
+    quiet_user_error_tracebacks()
+    console.record_logger("prefect")
+    if not quiet:
+        console.echo(f"darknet2tflite: running flow 'batch' on {_settings.describe()}")
+    with _embedded.flow_settings():
+        state = batch(**params, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BatchFailure):
+        result = result.summary
+    if not isinstance(result, dict):  # the flow itself broke (not one of its models)
+        state.result(raise_on_failure=True)
+        raise RuntimeError(f"batch flow run ended in state {state.name}: {state.message}")
+    for line in summary_lines(result):
+        console.echo(line)
+    log = console.current_log()
+    if log is not None and not quiet:
+        console.echo(f"log: {log}")
+    return 0 if not result.get("failed") else 1

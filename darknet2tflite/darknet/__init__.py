@@ -1,0 +1,1 @@
+"""The Darknet side: the .cfg grammar, shape inference, the .weights reader, decode metadata, official weights."""

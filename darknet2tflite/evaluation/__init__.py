@@ -1,0 +1,1 @@
+"""Scoring converted models: decoding, COCO AP, drawings, the report."""

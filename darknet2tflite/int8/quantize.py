@@ -1,0 +1,323 @@
+"""Calibrated full-integer int8 TFLite conversion: the direct backend (TFLiteConverter).
+
+Steps (each a function, so the stage bodies and the benchmarks can reuse them; 2-4 live in
+int8/ranges.py, 5 in tflite/inspect.py):
+
+1. :func:`build_int8_model` -- the Keras model with every default (exact) rewrite plus the
+   ``head_split`` rule: each head leaves the model as several outputs (per anchor
+   ``box | obj+classes``), each with its own int8 scale. Box w/h go through exp(), so
+   they need a fine step that they cannot get when they share a scale with class logits.
+2. :func:`calibrate_model` -- TFLite's own calibrator (``_experimental_calibrate_only``, the
+   hook ``tf.lite.experimental.QuantizationDebugger`` uses) marks the tensors that need
+   ranges, on two images; :func:`observe_ranges` then records each one's min/max over all
+   calibration images with a plain interpreter, ~5x faster than the calibrator.
+3. :func:`refine_ranges` -- replaces the min/max ranges by clipping ranges computed from
+   per-tensor histograms of the same images, and pins the input range to exactly [0, 1].
+   Min/max ranges are dominated by rare outliers (a leaky-ReLU conv output spans e.g.
+   [-52, 42] while almost all values lie within a few units), which wastes most of the 256
+   levels. The default ``ranges="mse"`` takes the MSE-optimal clipping range; measured on
+   yolov4-tiny it halves the AP loss. ``"mse-tail"`` (upper clip only halfway from the MSE
+   optimum to the calibrated maximum) recovers ~0.7 AP50 when the scored photos also
+   calibrated, but not on held-out photos, so it is a bench option, not the default
+   (docs/int8.md, "Activation ranges"). The float model is untouched: only quantization
+   parameters change.
+4. :func:`quantize_calibrated` -- TFLite's MLIR quantizer (per-channel weights, int8
+   activations, uint8 or int8 input, int8 outputs), optionally keeping named layers float.
+5. :func:`check_integer` -- walks the written flatbuffer: no float tensor on any operator
+   and input/output types as promised, else :class:`NotFullyIntegerError`.
+
+Input quantization: with the input range pinned to [0, 1] the converter derives scale
+1/255 and zero point 0 (uint8) or -128 (int8), so raw 0..255 pixels go straight in; this
+is verified on every converted model (:func:`input_quantization`).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from darknet2tflite.int8.augment import MIRROR_BELOW, mirrored_count
+from darknet2tflite.int8.channel_split import MAC_BUDGET
+from darknet2tflite.errors import InputError, UserError
+from darknet2tflite.model.load import load_keras
+from darknet2tflite.options import BY_NAME, check as check_options
+from darknet2tflite.evaluation.report import assemble_report
+from darknet2tflite.int8.peak_rss import PeakRSS
+from darknet2tflite.int8.planning import _existing, plan_images
+from darknet2tflite.int8.ranges import Progress, calibrate_model, quantize_calibrated, refine_ranges
+from darknet2tflite.tflite.inspect import check_integer
+from darknet2tflite.tflite.names import layer_tensors, output_layer_map
+from darknet2tflite.int8.result import QuantizeResult
+
+
+@dataclass
+class QuantizeOptions:
+    input_type: str = BY_NAME["input_type"].default  # "uint8" (raw pixels) or "int8"
+    ranges: str = "mse"                  # options.RANGE_METHODS (refine_ranges)
+    variants: tuple[str, ...] = ()       # any of options.VARIANTS
+    float_fallback: int = BY_NAME["float_fallback"].default  # keep the N worst layers float
+    calibration_limit: int | None = None  # use only the first N images of the array
+    #: images for the QuantizationDebugger layer table; its cost is per image (yolov4-tiny:
+    #: 6.5 s for 16, 3.2 s for 8) and 8 name the same five worst layers as 16 there
+    debug_images: int = 8
+    #: extra MACs allowed for outlier channel splitting (channel_split.py); 0 turns it off
+    channel_split: float = BY_NAME["channel_split"].default
+    #: calibration sets of fewer photos also calibrate on their mirrored copies (augment.py)
+    calibration_mirror: int = BY_NAME["calibration_mirror"].default
+    #: round the heads' box weights with error feedback (box_rounding.py)
+    box_rounding: bool = True
+
+    def validate(self) -> None:
+        check_options(asdict(self))
+
+
+# --------------------------------------------------------------------------- model build
+
+def int8_rules(layout: str | None = None) -> list[Any]:
+    """Every default (non-opt-in, exact) rewrite plus the head split."""
+    from darknet2tflite.rewrites import load_rules
+    from darknet2tflite.rewrites.head_split import DEFAULT_LAYOUT, RULE, make_rule
+    registry = load_rules()
+    rules = [r for r in registry.values() if not r.opt_in]
+    split = RULE if layout in (None, DEFAULT_LAYOUT) else make_rule(layout, f"head_split_{layout}")
+    return rules + [split]
+
+
+def tflite_head_outputs(data: bytes | str | Path, keras_outputs: Sequence[str],
+                        groups: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The .tflite output tensor names of each head's outputs (interpreter order is not
+    Keras order; resolved through the signature)."""
+    from darknet2tflite.tflite.export import head_tensor_names, interpreter
+    it = interpreter(data)
+    return [head_tensor_names(it, list(keras_outputs), list(g)) for g in groups]
+
+
+def build_int8_model(cfg_path: str | Path, weights_path: str | Path, out_dir: str | Path,
+                     names_path: str | Path | None = None, rules: Sequence[Any] | None = None,
+                     progress: Progress = print) -> dict[str, Path]:
+    """model.keras, model.float32.tflite and model.json of the head-split model."""
+    from darknet2tflite.stages.build import build_stage
+    try:
+        return build_stage(cfg_path, weights_path, out_dir, names_path,
+                           int8_rules() if rules is None else rules, progress=progress)
+    except UserError as e:
+        raise InputError(str(e)) from None
+
+
+def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
+                    progress: Progress = print
+                    ) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any], dict[str, Any],
+                               dict[str, Any]]:
+    """Split outlier channels, round the box weights, calibrate (on ``images`` and, for sets
+    below ``opts.calibration_mirror``, their mirrored copies), refine ranges, quantize and
+    verify: (int8 model, refined calibrated model, range table, integer check, channel split
+    report, box rounding report)."""
+    from darknet2tflite.int8.augment import mirror_augment
+    from darknet2tflite.int8.box_rounding import round_box_weights
+    from darknet2tflite.int8.channel_split import split_outlier_channels
+    t0 = time.perf_counter()
+    model, split = split_outlier_channels(model, images, budget=opts.channel_split,
+                                          progress=progress)
+    boxes: dict[str, Any] = {}
+    if opts.box_rounding:  # after the split: the box convolutions read its copied channels
+        model, box_report = round_box_weights(model, images, progress=progress)
+        boxes = box_report.to_dict()
+    mirrored = mirrored_count(len(images), opts.calibration_mirror)
+    progress(f"int8: calibrating on {len(images)} images"
+             + (f" + {mirrored} mirrored" if mirrored else ""))
+    images = mirror_augment(images, opts.calibration_mirror)
+    calibrated = calibrate_model(model, images, progress)
+    progress(f"int8: calibrated in {time.perf_counter() - t0:.1f}s")
+    refined, table = refine_ranges(calibrated, images, opts.ranges, progress)
+    data = quantize_calibrated(refined, opts.input_type)
+    return data, refined, table, check_integer(data, opts.input_type), split.to_dict(), boxes
+
+
+def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Path,
+             out_dir: str | Path, options: QuantizeOptions | None = None,
+             progress: Progress = print) -> QuantizeResult:
+    """model.int8.tflite (+ variants, + model.int8-fallback.tflite) and an updated
+    model.json in ``out_dir``; the int8 model is verified full-integer before it is written.
+    Also writes quantize.json (timings, memory, ranges, per-layer errors)."""
+    from darknet2tflite.int8.calibration import load_calibration, representative_dataset
+    from darknet2tflite.tflite.export import convert, save_tflite
+    from darknet2tflite.darknet.metadata import write_json
+
+    opts = options or QuantizeOptions()
+    opts.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+    images = load_calibration(calib_npy)
+    if opts.calibration_limit:
+        images = images[:opts.calibration_limit]
+    model = load_keras(keras_path)
+    groups = [h.get("outputs") or [h["output"]] for h in meta["heads"]]
+
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        data, refined, table, check, split, boxes = int8_from_keras(model, images, opts,
+                                                                    progress)
+    seconds = time.perf_counter() - t0
+    progress(f"int8: full-integer model in {seconds:.1f}s "
+             f"({sum(check['ops'].values())} ops, peak RSS {mem.peak / 2**20:.0f} MB)")
+
+    heads_int8 = tflite_head_outputs(data, model.output_names, groups)
+    by_file = dict(meta.get("head_outputs_by_file") or {})
+    by_file["model.int8.tflite"] = heads_int8
+    paths: dict[str, Path] = {}
+    imeta = dict(meta, head_outputs=heads_int8, quantization={
+        "input_type": opts.input_type, "ranges": opts.ranges, "calibration_images": len(images),
+        "mirrored_images": mirrored_count(len(images), opts.calibration_mirror),
+        "channel_split": {k: v["channels"] for k, v in split["layers"].items()},
+        "box_rounding": sorted(boxes.get("layers", {}))})
+    paths["tflite_int8"] = save_tflite(data, out / "model.int8.tflite", imeta)
+
+    layer_errs: list[dict[str, Any]] = []
+    fallback = None
+    if opts.debug_images or opts.float_fallback:
+        from darknet2tflite.int8.debugger import layer_errors
+        progress("int8: QuantizationDebugger per-layer error")
+        cal_out_map = output_layer_map(meta, tflite_head_outputs(
+            refined, model.output_names, groups))
+        layer_errs = layer_errors(refined, images[:max(opts.debug_images, 4)], cal_out_map)
+    if opts.float_fallback:
+        worst = []
+        for row in layer_errs:
+            if row["layer"] is not None and row["layer"] not in worst:
+                worst.append(row["layer"])
+            if len(worst) == opts.float_fallback:
+                break
+        deny = layer_tensors(refined, worst, cal_out_map)
+        progress(f"int8: float fallback for Darknet layers {worst}")
+        fb = quantize_calibrated(refined, opts.input_type, deny)
+        fcheck = check_integer(fb, opts.input_type, allow_float_layers=deny)
+        fb_heads = tflite_head_outputs(fb, model.output_names, groups)
+        by_file["model.int8-fallback.tflite"] = fb_heads
+        paths["tflite_int8_fallback"] = save_tflite(
+            fb, out / "model.int8-fallback.tflite",
+            dict(meta, head_outputs=fb_heads, float_layers=worst))
+        fallback = {"layers": worst, "tensors": deny, "check": fcheck}
+
+    variants: dict[str, Any] = {}
+    for v in opts.variants:
+        progress(f"variant {v}")
+        tv = time.perf_counter()
+        vd = convert(model, mode=v, representative=representative_dataset(images)
+                     if v == "int16x8" else None)
+        vh = tflite_head_outputs(vd, model.output_names, groups)
+        fname = f"model.{v}.tflite"
+        by_file[fname] = vh
+        paths[f"tflite_{v}"] = save_tflite(vd, out / fname, dict(meta, head_outputs=vh))
+        variants[v] = {"file": fname, "seconds": round(time.perf_counter() - tv, 2)}
+
+    meta["head_outputs"] = heads_int8
+    meta["head_outputs_by_file"] = by_file
+    meta["quantization"] = imeta["quantization"]
+    write_json(out / "model.json", meta)
+    paths["meta"] = out / "model.json"
+    result = QuantizeResult(paths, round(seconds, 2), mem.to_dict(), check, table, layer_errs,
+                            fallback, variants, split, imeta["quantization"]["mirrored_images"],
+                            opts.ranges, boxes)
+    write_json(out / "quantize.json", result.to_dict())
+    paths["quantize"] = out / "quantize.json"
+    return result
+
+
+def cross_models(cfg_path: str | Path, calibration_dir: str | Path, limit: int | None,
+                  folds: Sequence[Mapping[str, Any]], keras_path: Path, meta_path: Path,
+                  opts: QuantizeOptions, tmp: Path, say: Progress) -> list[tuple[Path, list[Path]]]:
+    """int8 models of the swapped folds of ``plan_images(...)["cross"]`` (same conversion,
+    other calibration images), written to ``tmp``; pass the result to
+    ``evaluate.evaluate(cross=...)`` for the cross-calibrated AP."""
+    from darknet2tflite.int8.calibration import calibrate, load_calibration
+    from darknet2tflite.tflite.export import save_tflite
+    model = load_keras(keras_path)
+    meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+    groups = [h.get("outputs") or [h["output"]] for h in meta["heads"]]
+    out = []
+    for k, fold in enumerate(folds, 2):
+        calib = calibrate(cfg_path, calibration_dir, None, limit, exclude=fold["exclude"],
+                          progress=say)
+        say(f"cross-calibration fold {k}: int8 model calibrated on {len(calib.images)} images")
+        data, *_ = int8_from_keras(model, load_calibration(calib.npy), opts, say)
+        path = save_tflite(data, tmp / f"model.int8.fold{k}.tflite", dict(
+            meta, head_outputs=tflite_head_outputs(data, model.output_names, groups)))
+        out.append((path, list(fold["eval"])))
+    return out
+
+
+def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | Path,
+                 calibration_dir: str | Path, names: str | Path | None = None,
+                 eval_annotations: str | Path | None = None,
+                 eval_images: str | Path | None = None, input_type: str = "uint8",
+                 variants: Sequence[str] = (), float_fallback: int = 0,
+                 progress: Progress | None = print, *, calibration_limit: int | None = 500,
+                 eval_fraction: float = 0.5, ranges: str = "mse", latency_runs: int = 20,
+                 draw: int = 4, cross_validate: bool = True,
+                 channel_split: float = MAC_BUDGET,
+                 calibration_mirror: int = MIRROR_BELOW) -> dict[str, Any]:
+    """Darknet cfg+weights -> calibrated full-integer int8 TFLite, evaluated.
+
+    Writes into ``out_dir`` (all or nothing: staged in a sibling temp folder and moved in
+    on success): model.keras, model.float32.tflite, model.int8.tflite, model.json,
+    report.json, report.md, report_images/ (+ model.<variant>.tflite,
+    model.int8-fallback.tflite, quantize.json). Returns the report dict with ``paths``.
+
+    When the evaluation images are (partly) calibration images, the shared ones are split
+    in two halves: the shipped model is calibrated without the first and evaluated on it;
+    with ``cross_validate`` a second int8 model, calibrated without the second half, scores
+    that half, so AP covers every annotated image, each one unseen by its int8 model
+    (report ``ap_cross``; the accuracy targets are judged on it)."""
+    from darknet2tflite.int8.calibration import calibrate
+    from darknet2tflite.evaluation.evaluate import evaluate
+    from darknet2tflite.evaluation.report import write_report
+    from darknet2tflite.store.output import staged_output
+
+    say = progress or (lambda _m: None)
+    opts = QuantizeOptions(input_type=input_type, ranges=ranges, variants=tuple(variants),
+                           float_fallback=float_fallback, channel_split=channel_split,
+                           calibration_mirror=calibration_mirror)
+    opts.validate()
+    for p, what in ((cfg_path, "cfg"), (weights_path, "weights"), (names, "names file"),
+                    (eval_annotations, "evaluation annotations")):
+        if p is not None and not Path(p).is_file():
+            raise InputError(f"{what} {p} does not exist")
+    _existing(eval_images, "evaluation images")
+    if names is not None:  # a names/classes mismatch must not wait for the conversion
+        from darknet2tflite.darknet.cfg import parse_cfg
+        from darknet2tflite.darknet.metadata import decode_metadata, read_names
+        try:
+            decode_metadata(parse_cfg(cfg_path), read_names(names))
+        except ValueError as e:
+            raise InputError(f"{names}: {e}") from None
+    # every input problem surfaces here, before any conversion work
+    plan = plan_images(calibration_dir, eval_images, eval_annotations, eval_fraction)
+    for w in plan["warnings"]:
+        say(f"warning: {w}")
+    calib = calibrate(cfg_path, calibration_dir, None, calibration_limit,
+                      exclude=plan["exclude"], progress=say)
+    with staged_output(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="d2t-cross-") as xt:
+        xtmp = Path(xt)
+        arts = build_int8_model(cfg_path, weights_path, tmp, names, progress=say)
+        q = quantize(arts["keras"], calib.npy, arts["meta"], tmp, opts, progress=say)
+        extra = {k[len("tflite_"):].replace("_", "-"): v for k, v in q.paths.items()
+                 if k.startswith("tflite_") and k != "tflite_int8"}
+        cross = []
+        if cross_validate and eval_annotations is not None and plan["cross"]:
+            cross = cross_models(cfg_path, calibration_dir, calibration_limit, plan["cross"],
+                                  arts["keras"], arts["meta"], opts, xtmp, say)
+        ev = evaluate(arts["tflite_float32"], q.paths["tflite_int8"], q.paths["meta"],
+                      plan["eval"], eval_annotations, tmp, extra_models=extra,
+                      latency_runs=latency_runs, draw=draw, cross=cross, progress=say)
+        files = {**arts, **q.paths}
+        report = assemble_report(cfg_path, q, calib, ev, files, plan["warnings"])
+        files.update(write_report(report, tmp))
+    out = Path(out_dir)
+    report["paths"] = {k: str(out / Path(v).name) for k, v in files.items()}
+    return report

@@ -1,0 +1,1 @@
+"""TFLite files: conversion, the interpreter, flatbuffer and op inspection, metrics."""
