@@ -229,7 +229,8 @@ def _divert_console(args: argparse.Namespace) -> None:
         return
     from darknet2tflite import console
     store = getattr(args, "store", None)
-    root = Path(store).expanduser() if store else Path(__file__).resolve().parents[1] / ".store"
+    from darknet2tflite.paths import store_root
+    root = store_root(store)
     label = Path(getattr(args, "cfg", None) or getattr(args, "source", None) or "run").stem
     try:
         console.divert(console.log_path(root, args.command, label))

@@ -87,5 +87,22 @@ def prefect_server():
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
                                          PREFECT_LOCAL_STORAGE_PATH: results}):
-            yield PREFECT_API_URL.value()
+            try:
+                yield PREFECT_API_URL.value()
+            finally:
+                _rebind_closed_log_streams()
     shutil.rmtree(results, ignore_errors=True)
+
+
+def _rebind_closed_log_streams() -> None:
+    """Log handlers created while some test's capsys was sys.stderr (Prefect reconfigures its
+    logging when a flow's settings change) still point at that closed capture; the harness'
+    shutdown logs through them: point them at the current stderr first."""
+    import logging
+    for name in [None, *logging.root.manager.loggerDict]:
+        for h in getattr(logging.getLogger(name), "handlers", []):
+            if getattr(getattr(h, "stream", None), "closed", False):
+                h.stream = sys.stderr
+            console = getattr(h, "console", None)
+            if getattr(getattr(console, "file", None), "closed", False):
+                console.file = sys.stderr

@@ -344,17 +344,18 @@ def test_evaluation_photos_among_calibration_photos_add_the_swapped_fold(
 
 
 def test_from_stage_without_a_previous_conversion_is_a_user_error(
-        prefect_server, yolov3_tiny, coco_split, work, capsys):
-    from cli.main import main
+        yolov3_tiny, coco_split, work):
+    from conftest import clean_env
 
     cfg, weights = yolov3_tiny
     calib, _, _ = coco_split
     argv = ["convert", str(cfg), str(weights), "--out", str(work / "never"),
             "--calibration", str(calib), "--store", str(work / "empty-store"),
             "--from-stage", "quantize"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "no stored result" in err and "Traceback" not in err
+    r = subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO, timeout=600,
+                       capture_output=True, text=True, env=clean_env(work / "prefect-home"))
+    assert r.returncode == 2, r.stderr
+    assert "no stored result" in r.stderr and "Traceback" not in r.stderr
     assert not (work / "never").exists()
 
 
