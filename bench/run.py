@@ -241,7 +241,7 @@ class RSSSampler:
 
 
 def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
-    """One `convert` flow run in this process (as convert_cli.run_convert does)."""
+    """One `convert` flow run in this process (as cli.convert.run_convert does)."""
     sys.path.insert(0, str(REPO))
     t_imp = time.perf_counter()
     from flows import _embedded, _settings

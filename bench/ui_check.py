@@ -148,7 +148,7 @@ def main() -> int:
     try:
         wait_http(f"{base}/api/health", 180)
         env["PREFECT_API_URL"] = f"{base}/api"
-        run = subprocess.run([sys.executable, "-m", "darknet2tflite.cli", "--quiet", "convert",
+        run = subprocess.run([sys.executable, "-m", "cli.main", "--quiet", "convert",
                               args.cfg, args.weights, "--names", str(REPO / "cfg" / "coco.names"),
                               "--calibration", args.calibration, "--store", args.store,
                               "--out", str(out / "model"), "--from-stage", args.from_stage],

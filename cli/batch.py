@@ -69,7 +69,8 @@ def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "eval_images": resolved_folder(args.eval_images, "--eval-images"),
             "images": resolved_folder(args.images, "--images"),
             "target": ",".join(check_spec(args.target, args.npu_only)),
-            "allow_approximate": ",".join(check_allowed(variant_list(args.allow_approximate))),
+            "allow_approximate": ",".join(check_allowed(variant_list(args.allow_approximate))
+                                          if variant_list(args.allow_approximate) else []),
             "npu_only": bool(args.npu_only)}
 
 
@@ -93,7 +94,7 @@ def run_batch(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows import _settings
+    from flows import _settings  # noqa: F401  (Prefect env defaults first)
     from flows import _embedded
     if getattr(args, "task_runner", None):
         from flows.runners import ENV, check_spec
@@ -108,7 +109,7 @@ def run_batch(args: argparse.Namespace) -> int:
     quiet_user_error_tracebacks()
     console.record_logger("prefect")
     if not quiet:
-        console.echo(f"darknet2tflite: running flow 'batch' on {_settings.describe()}")
+        console.echo(f"darknet2tflite: running flow 'batch' on {_embedded.describe()}")
     with _embedded.flow_settings():
         state = batch(**params, return_state=True)
     result = state.result(raise_on_failure=False)

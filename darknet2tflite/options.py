@@ -247,8 +247,8 @@ def check_parameters(params: Mapping[str, Any], cli: bool = False) -> dict[str, 
     from darknet2tflite.targets import check_spec
     from darknet2tflite.targets.requirements import check_allowed
     out["target"] = ",".join(check_spec(params.get("target"), bool(params.get("npu_only"))))
-    if "allow_approximate" in params:
-        out["allow_approximate"] = ",".join(check_allowed(
-            variant_list(params.get("allow_approximate"))))
     check_convert_inputs(out, spell=spell)  # the inputs themselves: cfg, weights, images...
+    if variant_list(params.get("allow_approximate")):  # the rule registry loads Keras: only
+        out["allow_approximate"] = ",".join(check_allowed(  # when rules are named at all
+            variant_list(params.get("allow_approximate"))))
     return out

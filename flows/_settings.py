@@ -1,8 +1,8 @@
 """Prefect environment defaults for darknet2tflite, applied before ``prefect`` is imported.
 
 Prefect reads its settings from the environment when it is first imported, so this module must
-run first: ``flows/__init__.py`` and ``tasks/__init__.py`` import it, and ``convert_cli`` /
-``serve_cli`` import ``flows`` before anything that imports prefect.
+run first: ``flows/__init__.py`` and ``tasks/__init__.py`` import it, and ``cli.convert`` /
+``cli.serve`` import ``flows`` before anything that imports prefect.
 
 Two modes:
 

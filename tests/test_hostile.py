@@ -47,7 +47,7 @@ TIMEOUT = 120
 
 _CHILD = textwrap.dedent("""
     import sys
-    from darknet2tflite.cli import main
+    from cli.main import main
     try:
         rc = main(sys.argv[1:])
     except SystemExit as e:  # argparse
@@ -567,7 +567,7 @@ def test_kill_while_staging_leaves_the_old_set(tmp_path: Path) -> None:
     (out / "model.json").write_text("old")
     code = textwrap.dedent(f"""
         import os, signal
-        from darknet2tflite.pipeline import staged_output
+        from darknet2tflite.store.output import staged_output
         with staged_output({str(out)!r}) as tmp:
             (tmp / "model.json").write_text("new")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -653,10 +653,10 @@ def test_calibration_walk_never_hangs_or_crashes(tmp_path_factory, plan) -> None
     shutil.copy(TINY, cfg)
     code = textwrap.dedent("""
         import sys, warnings, json
-        from darknet2tflite.calibration import calibrate, CalibrationWarning
+        from darknet2tflite.int8.calibration import calibrate, CalibrationWarning
         from darknet2tflite.errors import InputError
         from darknet2tflite.errors import shown
-        from darknet2tflite.store import _tree_digest
+        from darknet2tflite.store.artifacts import _tree_digest
         from pathlib import Path
         _tree_digest(Path(sys.argv[2]))
         with warnings.catch_warnings(record=True) as rec:

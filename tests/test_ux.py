@@ -21,7 +21,7 @@ NOISE = re.compile(r"Saved artifact|TensorSpec|Captures:|oneDNN|cudart|absl|Init
 
 
 def _cli(*args: str, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "darknet2tflite.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

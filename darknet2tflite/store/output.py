@@ -14,6 +14,7 @@ from typing import Iterator
 
 
 from darknet2tflite.errors import UserError
+from darknet2tflite.store.swap import recover as recover_parked, replace_dir
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -82,9 +83,10 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
     """Write into a sibling temp dir and move files into ``out_dir`` only on success, so a
     failed or killed run leaves nothing (or only the previous complete files) in --out.
 
-    A new ``out_dir`` appears in one atomic rename, complete; an existing one gets each file
-    replaced atomically.  Temp dirs of killed runs (``.<name>.*.partial``) are removed by the
-    next run writing to the same place; those of live runs are flock-ed and left alone.
+    A new ``out_dir`` appears in one atomic rename, complete; an existing one is swapped for
+    the new set as a whole (:func:`swap.replace_dir`).  Temp dirs of killed runs
+    (``.<name>.*.partial``) are removed by the next run writing to the same place; those of
+    live runs are flock-ed and left alone.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -93,6 +95,7 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"--out {out}: a parent of it exists and is not a directory") from None
+    recover_parked(out)
     _clean_stale_partials(out)
     tmp, fd = _locked_tempdir(out)
     try:
@@ -105,14 +108,8 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
             except OSError as e:
                 if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-                # a concurrent run created it meanwhile: merge file by file below
-        out.mkdir(exist_ok=True)
-        for src in sorted(tmp.rglob("*")):
-            dst = out / src.relative_to(tmp)
-            if src.is_dir():
-                dst.mkdir(exist_ok=True)
-            else:
-                os.replace(src, dst)
+                # a concurrent run created it meanwhile: replace it as a whole below
+        replace_dir(tmp, out)  # the old set or the new one, never a mix (swap.py)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         os.close(fd)
