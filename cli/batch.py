@@ -11,7 +11,6 @@ Only argparse lives at module level (the library never imports prefect).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,28 +87,17 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def run_batch(args: argparse.Namespace) -> int:
+    from cli.convert import echo_log_path, prefect_ready, start_prefect
     from darknet2tflite import console
-    from flows._served import quiet_user_error_tracebacks
     params = parameters_from_args(args)
-    quiet = getattr(args, "quiet", False)
-    if quiet:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows import _settings  # noqa: F401  (Prefect env defaults first)
+    quiet = start_prefect(args)
     from flows import _embedded
-    if getattr(args, "task_runner", None):
-        from flows.runners import ENV, check_spec
-        os.environ[ENV] = check_spec(args.task_runner)
-    _embedded.start_early()
     from flows.batch import BatchFailure, batch, discover_models
     try:
         discover_models(params["source"], {})  # a source without models: one line, now
     except ValueError as e:
         raise UserError(str(e)) from None
-    _embedded.wait_ready()
-    quiet_user_error_tracebacks()
-    console.record_logger("prefect")
-    if not quiet:
-        console.echo(f"darknet2tflite: running flow 'batch' on {_embedded.describe()}")
+    prefect_ready("batch", quiet)
     with _embedded.flow_settings():
         state = batch(**params, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -120,7 +108,5 @@ def run_batch(args: argparse.Namespace) -> int:
         raise RuntimeError(f"batch flow run ended in state {state.name}: {state.message}")
     for line in summary_lines(result):
         console.echo(line)
-    log = console.current_log()
-    if log is not None and not quiet:
-        console.echo(f"log: {log}")
+    echo_log_path(quiet)
     return 0 if not result.get("failed") else 1

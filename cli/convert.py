@@ -57,9 +57,9 @@ def _echo_verdict(report_json: Path) -> None:
         console.echo(verdict_line(fa).replace("**", ""))
 
 
-def run_convert(args: argparse.Namespace) -> int:
-    from darknet2tflite import console
-    params = parameters_from_args(args)
+def start_prefect(args: argparse.Namespace) -> bool:
+    """Environment for a flow run in this process (log level, task runner), then the embedded
+    server's start, which overlaps the caller's flow import; returns whether ``--quiet``."""
     quiet = getattr(args, "quiet", False)
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -67,15 +67,36 @@ def run_convert(args: argparse.Namespace) -> int:
     if getattr(args, "task_runner", None):
         from flows.runners import ENV, check_spec
         os.environ[ENV] = check_spec(args.task_runner)  # read when the flow module loads
-    _embedded.start_early()  # the server starts while this process imports the flow
+    _embedded.start_early()
+    return quiet
 
-    convert = import_flow()
-    _embedded.wait_ready()
+
+def prefect_ready(flow_name: str, quiet: bool) -> None:
+    """Wait for the server, keep UserError tracebacks off the console, say where runs go."""
+    from darknet2tflite import console
+    from flows import _embedded
     from flows._served import quiet_user_error_tracebacks
+    _embedded.wait_ready()
     quiet_user_error_tracebacks()
     console.record_logger("prefect")
     if not quiet:
-        console.echo(f"darknet2tflite: running flow 'convert' on {_embedded.describe()}")
+        console.echo(f"darknet2tflite: running flow '{flow_name}' on {_embedded.describe()}")
+
+
+def echo_log_path(quiet: bool) -> None:
+    from darknet2tflite import console
+    log = console.current_log()
+    if log is not None and not quiet:
+        console.echo(f"log: {log}")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from darknet2tflite import console
+    from flows import _embedded
+    params = parameters_from_args(args)
+    quiet = start_prefect(args)
+    convert = import_flow()
+    prefect_ready("convert", quiet)
     with _embedded.flow_settings():
         state = convert(**params, return_state=True)
     if not state.is_completed():
@@ -91,7 +112,5 @@ def run_convert(args: argparse.Namespace) -> int:
     console.echo(f"report: {out / 'report.md'}")
     if not quiet:
         _echo_verdict(out / "report.json")
-    log = console.current_log()
-    if log is not None and not quiet:
-        console.echo(f"log: {log}")
+    echo_log_path(quiet)
     return 0
