@@ -16,7 +16,9 @@ calibrates on 43-86 photos, where the earlier setting 256, which completed sets 
 photos, also meant one copy of each) and ``--ranges``: the activation
 range methods (quantize.refine_ranges; default: the product's) and ``--box-rounding``:
 error-feedback rounding of the heads' box weights on and/or off (box_rounding.py; default
-on, the product's; rows without the field were converted before it existed, i.e. off).
+on, the product's; rows without the field were converted before it existed, i.e. off) and
+``--equalize``: cross-layer range equalization on and/or off (equalize.py; rows without the
+field: off).
 
 ``--draws R`` scores R int8 models per calibration that differ only in their rounding
 pattern (ranges scaled by 1 + k*1e-6, bench/int8_noise.py) and takes the mean loss: one
@@ -66,7 +68,7 @@ def folds_for(seed: int, images: Path, annotations: Path, k: int = 2
     return [([Path(p) for p in part], [Path(p) for p in part]) for part in parts]
 
 
-def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str, bool]], say,
+def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str, bool, bool]], say,
           k: int = 2, draws: int = 1) -> list[dict]:
     import numpy as np
     from darknet2tflite.int8.calibration import calibrate, load_calibration
@@ -90,14 +92,14 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str, boo
             fdets += detect(tflite_heads(fl, model, meta, groups, batch), meta, sizes)
             paths += fp
         fa = _ap(meta, fdets, paths, annotations)
-        for budget, mirror, ranges, boxes in settings:
+        for budget, mirror, ranges, boxes, equal in settings:
             t0 = time.perf_counter()
             qdets: list[list] = [[] for _ in range(draws)]
             split: dict = {}
             for arr, (batch, fp, sizes, _) in zip(arrays, evals):
                 data, refined, _, _, split, _ = int8_from_keras(model, arr, QuantizeOptions(
                     channel_split=budget, calibration_mirror=mirror, ranges=ranges,
-                    box_rounding=boxes, debug_images=0),
+                    box_rounding=boxes, equalize=equal, debug_images=0),
                     lambda _m: None)
                 for d in range(draws):
                     if d:  # the same calibration, rounding pattern redrawn (int8_noise.py)
@@ -111,7 +113,7 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str, boo
                                                            for s in scores])))
                                 for size in scores[0]["AP_by_size"]}
             row = {"model": name, "seed": seed, "folds": k, "budget": budget, "mirror": mirror,
-                   "ranges": ranges, "box_rounding": boxes,
+                   "ranges": ranges, "box_rounding": boxes, "equalize": equal,
                    "images": len(paths),
                    "float_AP": fa["AP"], "float_AP50": fa["AP50"],
                    "int8_AP": qa["AP"], "int8_AP50": qa["AP50"],
@@ -134,7 +136,8 @@ def bench(name: str, seeds: list[int], settings: list[tuple[float, int, str, boo
 def _setting(r: dict) -> tuple:
     """(budget, mirror, ranges, box rounding) of a row or summary entry (older rows lack the
     last three; rows before box rounding existed were converted without it)."""
-    return r["budget"], r.get("mirror", 0), r.get("ranges", "mse"), r.get("box_rounding", False)
+    return (r["budget"], r.get("mirror", 0), r.get("ranges", "mse"), r.get("box_rounding", False),
+            r.get("equalize", False))
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -146,6 +149,7 @@ def summary(rows: list[dict]) -> list[dict]:
             if rs:
                 out.append({"model": model, "budget": setting[0], "mirror": setting[1],
                             "ranges": setting[2], "box_rounding": setting[3],
+                            "equalize": setting[4],
                             "splits": len(rs),
                             "mean_AP_loss": round(-float(np.mean([r["dAP"] for r in rs])), 3),
                             "mean_AP50_loss": round(-float(np.mean([r["dAP50"] for r in rs])), 3),
@@ -179,7 +183,8 @@ def paired(rows: list[dict], baseline: list[dict]) -> list[dict]:
         if not pairs:
             continue
         row = {"model": s["model"], "budget": s["budget"], "mirror": s["mirror"],
-               "ranges": s["ranges"], "box_rounding": s["box_rounding"], "pairs": len(pairs)}
+               "ranges": s["ranges"], "box_rounding": s["box_rounding"],
+               "equalize": s["equalize"], "pairs": len(pairs)}
         for name in ("AP", "AP50"):
             d = np.array([b["d" + name] - r["d" + name] for r, b in pairs])  # new - base loss
             se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
@@ -205,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--box-rounding", default=None,
                     help="comma list of on/off: error-feedback rounding of the heads' box "
                     "weights (box_rounding.py; default: the product's)")
+    ap.add_argument("--equalize", default=None,
+                    help="comma list of on/off: cross-layer range equalization (equalize.py; "
+                    "default: the product's)")
     ap.add_argument("--draws", type=int, default=1,
                     help="int8 models per calibration, differing only in their rounding "
                     "pattern (ranges scaled by 1 + k*1e-6, as in int8_noise.py); a row's loss "
@@ -233,18 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     if set(box_spec) - {"on", "off"}:
         ap.error("--box-rounding takes on and/or off")
     boxes = [v == "on" for v in box_spec]
-    settings = [(float(b), int(m), r, x) for b in a.budgets.split(",")
-                for m in a.mirrors.split(",") for r in methods for x in boxes]
+    eq_spec = (a.equalize or _onoff(QuantizeOptions().equalize)).split(",")
+    if set(eq_spec) - {"on", "off"}:
+        ap.error("--equalize takes on and/or off")
+    settings = [(float(b), int(m), r, x, e == "on") for b in a.budgets.split(",")
+                for m in a.mirrors.split(",") for r in methods for x in boxes for e in eq_spec]
     rows = []
     for name in a.models.split(","):
         rows += bench(name, seeds, settings, lambda m: print(m, flush=True), a.folds, a.draws)
     summ = summary(rows)
-    print("\nmodel        budget  mirror  ranges    boxes  splits  mean AP loss  mean AP50 loss  "
+    print("\nmodel        budget  mirror  ranges    boxes  equal  splits  mean AP loss  mean AP50 loss  "
           "per split (AP / AP50)")
     for s in summ:
         per = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(s["AP_losses"], s["AP50_losses"]))
         print(f"{s['model']:<12} {s['budget']:<7} {s['mirror']:<7} {s['ranges']:<9} "
-              f"{_onoff(s['box_rounding']):<6} {s['splits']:<7} "
+              f"{_onoff(s['box_rounding']):<6} {_onoff(s['equalize']):<6} {s['splits']:<7} "
               f"{s['mean_AP_loss']:<13} {s['mean_AP50_loss']:<15} {per}")
         if s.get("mean_AP_loss_by_size"):
             print(" " * 13 + "mean AP loss by object size: " + ", ".join(
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
               "splits where the new setting loses less)")
         for p in doc["paired"]:
             print(f"{p['model']:<12} {p['budget']:<7} {p['mirror']:<7} {p['ranges']:<9} "
-                  f"{_onoff(p['box_rounding']):<6} AP {p['AP_loss_change']:+.3f} (se {p['AP_se']:.3f}, "
+                  f"{_onoff(p['box_rounding']):<6} {_onoff(p['equalize']):<6} AP {p['AP_loss_change']:+.3f} (se {p['AP_se']:.3f}, "
                   f"{p['AP_better']}/{p['pairs']})  AP50 {p['AP50_loss_change']:+.3f} "
                   f"(se {p['AP50_se']:.3f}, {p['AP50_better']}/{p['pairs']})")
     if a.json:

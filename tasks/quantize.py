@@ -16,7 +16,8 @@ from prefect import task
 from darknet2tflite.options import value
 
 from ._common import TASK_OPTIONS, artifact, log, run_stage
-from darknet2tflite.stages.quantize import BOX_ROUNDING, INT8_OPTIONS, RANGES, quantize_int8_stage, quantize_variant_stage
+from darknet2tflite.stages.quantize import (
+    BOX_ROUNDING, EQUALIZE, INT8_OPTIONS, RANGES, quantize_int8_stage, quantize_variant_stage)
 
 STAGE = "quantize"
 
@@ -37,6 +38,9 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
         from darknet2tflite.int8.box_rounding import SCARCITY  # the damping rule: small sets change
         options.update({k: value(p, k) for k in INT8_OPTIONS})
         options.update(ranges=RANGES, box_rounding=BOX_ROUNDING, box_scarcity=SCARCITY)
+        if EQUALIZE:  # keys of conversions without it stay as they were
+            from darknet2tflite.int8.equalize import ALPHAS, MAX_ERROR_RATIO
+            options.update(equalize=[list(ALPHAS), MAX_ERROR_RATIO])
     return inputs, options
 
 

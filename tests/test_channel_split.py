@@ -127,7 +127,7 @@ def test_split_int8_model_is_full_integer_and_closer_at_layer0(v4_model):
     errs = {}
     for budget in (0.0, 0.15):
         data, _, _, check, split, _ = int8_from_keras(model, images, QuantizeOptions(
-            channel_split=budget, debug_images=0), lambda _m: None)
+            channel_split=budget, equalize=False, debug_images=0), lambda _m: None)
         assert check["full_integer"]
         it = tf.lite.Interpreter(model_content=data, experimental_preserve_all_tensors=True)
         it.allocate_tensors()

@@ -443,8 +443,8 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
     assert len(images) == 6
     cal = q.calibrate_model(model, images)
     ours = q.calibrated_ranges(cal)
-    theirs = q.calibrated_ranges(q._annotate_for_calibration(model, images))
-    few = q.calibrated_ranges(q._annotate_for_calibration(model, images[:2]))
+    theirs = q.calibrated_ranges(q.annotate_for_calibration(model, images))
+    few = q.calibrated_ranges(q.annotate_for_calibration(model, images[:2]))
     assert ours.keys() == theirs.keys() and len(ours) > 20
     for name, (ti, lo, hi) in theirs.items():
         assert ours[name][0] == ti

@@ -87,10 +87,22 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path,
         if conv.get("channel_split"):
             from darknet2tflite.int8.channel_split import describe
             L.append(f"- outlier channels split: {describe(conv['channel_split'])}")
+        if (conv.get("equalize") or {}).get("layers"):
+            from darknet2tflite.int8.equalize import describe as describe_equalize
+            L.append(f"- channel ranges equalized into the next layer's weights: "
+                     f"{describe_equalize(conv['equalize'])}")
         if conv.get("box_rounding"):
             from darknet2tflite.int8.box_rounding import describe as describe_boxes
             L.append(f"- box weights rounded with error feedback: "
                      f"{describe_boxes(conv['box_rounding'])}")
+        ps = conv.get("passes") or {}
+        if ps.get("passes"):
+            floor = ps.get("floor") or {}
+            L.append("- passes over the calibration photos: " + ", ".join(
+                f"{p['pass']} {p['images']} photos {p['seconds']:.1f} s" for p in ps["passes"])
+                + (f"; {ps['seconds_total']:.1f} s in all, {ps['passes_over_floor']}x the floor "
+                   f"of one float pass per photo ({floor['seconds']:.1f} s)"
+                   if ps.get("passes_over_floor") else ""))
         if chk:
             L.append(f"- integer I/O: input {chk['input']['dtype']}, scale "
                      f"{chk['input']['scale']:.9g}, zero point {chk['input']['zero_point']}; "
@@ -247,6 +259,8 @@ def assemble_report(cfg_path: str | Path, q: QuantizeResult, calib: Any,
             "variants": q.variants,
             "channel_split": q.channel_split,
             "box_rounding": q.box_rounding,
+            "equalize": q.equalize,
+            "passes": q.passes,
         },
         "evaluation": dict(evaluation),
         "worst_layers": q.layer_errors[:20],

@@ -49,7 +49,8 @@ from darknet2tflite.options import BY_NAME, check as check_options
 from darknet2tflite.evaluation.report import assemble_report
 from darknet2tflite.int8.peak_rss import PeakRSS
 from darknet2tflite.int8.planning import _existing, plan_images
-from darknet2tflite.int8.ranges import Progress, calibrate_model, quantize_calibrated, refine_ranges
+from darknet2tflite.int8.passes import PassLog, float_seconds_per_image
+from darknet2tflite.int8.ranges import Progress, quantize_calibrated, refine_ranges
 from darknet2tflite.tflite.inspect import check_integer
 from darknet2tflite.tflite.names import layer_tensors, output_layer_map
 from darknet2tflite.int8.result import QuantizeResult
@@ -71,6 +72,8 @@ class QuantizeOptions:
     calibration_mirror: int = BY_NAME["calibration_mirror"].default
     #: round the heads' box weights with error feedback (box_rounding.py)
     box_rounding: bool = True
+    #: equalize outlier channel ranges into the consumers' weights (equalize.py)
+    equalize: bool = True
 
     def validate(self) -> None:
         check_options(asdict(self))
@@ -110,30 +113,52 @@ def build_int8_model(cfg_path: str | Path, weights_path: str | Path, out_dir: st
 
 
 def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
-                    progress: Progress = print
+                    progress: Progress = print, passes: PassLog | None = None
                     ) -> tuple[bytes, bytes, dict[str, Any], dict[str, Any], dict[str, Any],
                                dict[str, Any]]:
-    """Split outlier channels, round the box weights, calibrate (on ``images`` and, for sets
-    below ``opts.calibration_mirror``, their mirrored copies), refine ranges, quantize and
-    verify: (int8 model, refined calibrated model, range table, integer check, channel split
-    report, box rounding report)."""
+    """Equalize channel ranges, split outlier channels (if budgeted), round the box weights,
+    calibrate (on ``images`` and, for sets below ``opts.calibration_mirror``, their mirrored
+    copies), refine ranges, quantize and verify: (int8 model, refined calibrated model, range
+    table, integer check, channel split report, box rounding report). Each pass over the
+    photos is recorded in ``passes``."""
     from darknet2tflite.int8.augment import mirror_augment
-    from darknet2tflite.int8.box_rounding import round_box_weights
+    from darknet2tflite.int8.box_rounding import STAT_IMAGES as BOX_IMAGES, round_box_weights
+    from darknet2tflite.int8.channel_split import STAT_IMAGES as SPLIT_IMAGES
     from darknet2tflite.int8.channel_split import split_outlier_channels
+    from darknet2tflite.int8.equalize import STAT_IMAGES as EQ_IMAGES, equalize_ranges
+    from darknet2tflite.int8.ranges import (
+        ANNOTATE_IMAGES, HIST_MAX_IMAGES, annotate_for_calibration, observe_ranges)
+    log = passes if passes is not None else PassLog()
+    n = len(images)
     t0 = time.perf_counter()
-    model, split = split_outlier_channels(model, images, budget=opts.channel_split,
-                                          progress=progress)
+    if opts.equalize:
+        with log.timed("range equalization statistics", min(n, EQ_IMAGES)):
+            model, eq = equalize_ranges(model, images, progress=progress)
+        log.transforms["equalize"] = eq.to_dict()
+    if opts.channel_split > 0:
+        with log.timed("channel split statistics", min(n, SPLIT_IMAGES)):
+            model, split = split_outlier_channels(model, images, budget=opts.channel_split,
+                                                  progress=progress)
+    else:
+        model, split = split_outlier_channels(model, images, budget=0.0)
     boxes: dict[str, Any] = {}
     if opts.box_rounding:  # after the split: the box convolutions read its copied channels
-        model, box_report = round_box_weights(model, images, progress=progress)
+        with log.timed("box rounding statistics", min(n, BOX_IMAGES)):
+            model, box_report = round_box_weights(model, images, progress=progress)
         boxes = box_report.to_dict()
-    mirrored = mirrored_count(len(images), opts.calibration_mirror)
-    progress(f"int8: calibrating on {len(images)} images"
-             + (f" + {mirrored} mirrored" if mirrored else ""))
+    mirrored = mirrored_count(n, opts.calibration_mirror)
+    progress(f"int8: calibrating on {n} images" + (f" + {mirrored} mirrored" if mirrored else ""))
     images = mirror_augment(images, opts.calibration_mirror)
-    calibrated = calibrate_model(model, images, progress)
+    if not len(images):
+        raise InputError("no calibration images")
+    with log.timed("calibrator: which tensors need ranges", min(len(images), ANNOTATE_IMAGES)):
+        annotated = annotate_for_calibration(model, images[:ANNOTATE_IMAGES])
+    with log.timed("min/max ranges", len(images)):
+        calibrated = observe_ranges(annotated, images, progress)
     progress(f"int8: calibrated in {time.perf_counter() - t0:.1f}s")
-    refined, table = refine_ranges(calibrated, images, opts.ranges, progress)
+    with log.timed("histograms for the MSE ranges" if opts.ranges != "minmax" else "ranges",
+                   min(len(images), HIST_MAX_IMAGES) if opts.ranges != "minmax" else 0):
+        refined, table = refine_ranges(calibrated, images, opts.ranges, progress)
     data = quantize_calibrated(refined, opts.input_type)
     return data, refined, table, check_integer(data, opts.input_type), split.to_dict(), boxes
 
@@ -160,9 +185,10 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     groups = [h.get("outputs") or [h["output"]] for h in meta["heads"]]
 
     t0 = time.perf_counter()
+    passes = PassLog()
     with PeakRSS() as mem:
         data, refined, table, check, split, boxes = int8_from_keras(model, images, opts,
-                                                                    progress)
+                                                                    progress, passes)
     seconds = time.perf_counter() - t0
     progress(f"int8: full-integer model in {seconds:.1f}s "
              f"({sum(check['ops'].values())} ops, peak RSS {mem.peak / 2**20:.0f} MB)")
@@ -175,6 +201,7 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
         "input_type": opts.input_type, "ranges": opts.ranges, "calibration_images": len(images),
         "mirrored_images": mirrored_count(len(images), opts.calibration_mirror),
         "channel_split": {k: v["channels"] for k, v in split["layers"].items()},
+        "equalized": sorted((passes.transforms.get("equalize") or {}).get("layers", {})),
         "box_rounding": sorted(boxes.get("layers", {}))})
     paths["tflite_int8"] = save_tflite(data, out / "model.int8.tflite", imeta)
 
@@ -185,7 +212,9 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
         progress("int8: QuantizationDebugger per-layer error")
         cal_out_map = output_layer_map(meta, tflite_head_outputs(
             refined, model.output_names, groups))
-        layer_errs = layer_errors(refined, images[:max(opts.debug_images, 4)], cal_out_map)
+        debug = images[:max(opts.debug_images, 4)]
+        with passes.timed("QuantizationDebugger per-layer error", len(debug)):
+            layer_errs = layer_errors(refined, debug, cal_out_map)
     if opts.float_fallback:
         worst = []
         for row in layer_errs:
@@ -223,7 +252,8 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     paths["meta"] = out / "model.json"
     result = QuantizeResult(paths, round(seconds, 2), mem.to_dict(), check, table, layer_errs,
                             fallback, variants, split, imeta["quantization"]["mirrored_images"],
-                            opts.ranges, boxes)
+                            opts.ranges, boxes, passes.transforms.get("equalize", {}),
+                            passes.to_dict(float_seconds_per_image(model, images), len(images)))
     write_json(out / "quantize.json", result.to_dict())
     paths["quantize"] = out / "quantize.json"
     return result

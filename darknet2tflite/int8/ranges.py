@@ -30,7 +30,7 @@ def _tf() -> Any:
     return tf
 
 
-def _annotate_for_calibration(model: Any, images: np.ndarray) -> bytes:
+def annotate_for_calibration(model: Any, images: np.ndarray) -> bytes:
     """TFLite's calibrator run on ``images``: a float TFLite model whose activation
     tensors carry min/max fields (which tensors need ranges is the converter's call)."""
     from darknet2tflite.int8.calibration import representative_dataset
@@ -97,7 +97,7 @@ def calibrate_model(model: Any, images: np.ndarray, progress: Progress | None = 
     """A float TFLite model annotated with per-tensor min/max over ``images``."""
     if not len(images):
         raise InputError("no calibration images")
-    annotated = _annotate_for_calibration(model, images[:ANNOTATE_IMAGES])
+    annotated = annotate_for_calibration(model, images[:ANNOTATE_IMAGES])
     return observe_ranges(annotated, images, progress)
 
 

@@ -24,6 +24,8 @@ class QuantizeResult:
     mirrored_images: int = 0             # mirrored copies added to the calibration images
     range_method: str = ""               # QuantizeOptions.ranges ("" in results before it)
     box_rounding: dict[str, Any] = field(default_factory=dict)  # box_rounding.py report
+    equalize: dict[str, Any] = field(default_factory=dict)  # equalize.py report
+    passes: dict[str, Any] = field(default_factory=dict)  # passes.PassLog over the photos
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,0 +1,54 @@
+"""What an int8 conversion spends on the calibration photos, pass by pass.
+
+Why: the conversion's cost is mostly passes over the calibration photos (statistics for the
+weight transforms, the calibrator, the range pass, the histograms, the debugger), and the
+floor for any calibrated conversion is one float forward pass per photo. Recording each
+pass with its photo count and time says which transform costs what, against that floor,
+in quantize.json and report.json (``conversion.passes``)."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+
+@dataclass
+class PassLog:
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    #: reports of the weight transforms that ran inside the passes (equalize.py), by name,
+    #: for the callers that keep int8_from_keras's result tuple as it is
+    transforms: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str, images: int) -> Iterator[None]:
+        """Time one pass of ``name`` over ``images`` photos (recorded even when it raises
+        nothing else is recorded: a failed conversion has no report)."""
+        t0 = time.perf_counter()
+        yield
+        self.passes.append({"pass": name, "images": int(images),
+                            "seconds": round(time.perf_counter() - t0, 2)})
+
+    def to_dict(self, floor_s_per_image: float | None = None,
+                calibration_images: int = 0) -> dict[str, Any]:
+        d: dict[str, Any] = {"passes": list(self.passes),
+                             "images_total": sum(p["images"] for p in self.passes),
+                             "seconds_total": round(sum(p["seconds"] for p in self.passes), 2)}
+        if floor_s_per_image is not None:
+            floor = floor_s_per_image * calibration_images
+            d["floor"] = {"what": "one float32 forward pass per calibration photo",
+                          "images": calibration_images, "seconds": round(floor, 2)}
+            d["passes_over_floor"] = round(d["seconds_total"] / floor, 2) if floor > 0 else None
+        return d
+
+
+def float_seconds_per_image(model: Any, images: Any, probe: int = 4) -> float:
+    """One float32 forward pass per photo, measured on ``probe`` photos (after one warm-up)
+    with the model the passes run: the floor of a calibrated conversion."""
+    import numpy as np
+    x = np.asarray(images[:max(1, probe)], dtype=np.float32)
+    model(x[:1], training=False)
+    t0 = time.perf_counter()
+    for i in range(len(x)):
+        model(x[i:i + 1], training=False)
+    return (time.perf_counter() - t0) / len(x)
