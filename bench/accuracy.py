@@ -1,8 +1,9 @@
 """int8 accuracy / speed benchmark: float32 vs calibrated int8 (and OpenCV DNN float).
 
-Runs the library entry ``darknet2tflite.int8.quantize.convert_int8`` for yolov4-tiny and
-yolov3-tiny (mask 1,2,3 cfg) calibrated and evaluated on the shared COCO photos
-(../shared/images/coco, instances.json), then prints one table and writes JSON:
+Converts yolov4-tiny and yolov3-tiny (mask 1,2,3 cfg) the way the product does
+(``darknet2tflite.stages.inprocess.convert_in_process``: every stage body as the convert flow
+runs them, the probe's rewrite choice included), calibrated and evaluated on the shared COCO
+photos (../shared/images/coco, instances.json), then prints one table and writes JSON:
 
 * AP@[.5:.95] / AP50 of float32 and int8, cross-calibrated over all photos (every photo
   scored by an int8 model calibrated without it) and on the shipped model's held-out half;
@@ -56,12 +57,14 @@ def opencv_ap(cfg: Path, weights: Path, images: list[Path], annotations: Path,
 def bench_model(name: str, images: Path, annotations: Path, names_path: Path,
                 out_root: Path, progress) -> dict:
     from darknet2tflite.darknet.metadata import read_names
-    from darknet2tflite.int8.quantize import convert_int8
+    from darknet2tflite.stages.inprocess import convert_in_process
     cfg, weights = (SHARED / p for p in MODELS[name])
     out = out_root / name
     t0 = time.perf_counter()
-    rep = convert_int8(cfg, weights, out, images, names=names_path, eval_annotations=annotations,
-                       eval_images=images, progress=progress, draw=2)
+    rep = convert_in_process(dict(cfg=str(cfg), weights=str(weights), out=str(out),
+                                  calibration=str(images), names=str(names_path),
+                                  eval_annotations=str(annotations), eval_images=str(images)),
+                             progress=progress)
     wall = time.perf_counter() - t0
     ev = rep["evaluation"]
     cross = ev["ap_cross"]

@@ -43,34 +43,19 @@ def add_batch_parser(subparsers: Any, add_convert_args: Callable[[argparse.Argum
 
 
 def parameters_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The batch flow's parameters (absolute paths), checked before Prefect is imported."""
-    from darknet2tflite.inputs import resolved_file, resolved_folder, resolved_output
-    from darknet2tflite.options import check as check_options, cli_flag, variant_list
-    from darknet2tflite.targets import check_spec
-    from darknet2tflite.targets.requirements import check_allowed
+    """The batch flow's parameters (absolute paths): the convert options of the table
+    (darknet2tflite/options.py) that a batch takes, checked before Prefect is imported."""
+    from darknet2tflite.options import OPTIONS, allowed_rules, normalized_parameters
     src = Path(args.source)
     if not src.exists():
         raise UserError(f"batch source {args.source}: no such folder or manifest")
     if not (src.is_dir() or src.suffix.lower() in (".yaml", ".yml")):
         raise UserError(f"batch source {args.source}: expected a folder of cfg+weights pairs "
                         "or a .yaml/.yml manifest")
-    if args.eval_annotations is not None and args.eval_images is None:
-        raise UserError("--eval-annotations needs --eval-images (the annotated images)")
-    check_options(vars(args), spell=cli_flag, error=UserError)
-    return {"source": str(src.resolve()), "out": resolved_output(args.out, "--out"),
-            "calibration": resolved_folder(args.calibration, "--calibration"),
-            "store": resolved_output(args.store, "--store"),
-            "names": resolved_file(args.names, "--names"), "input_type": args.input_type,
-            "calibration_limit": args.calibration_limit, "float_fallback": args.float_fallback,
-            "channel_split": args.channel_split, "calibration_mirror": args.calibration_mirror,
-            "variants": ",".join(variant_list(args.variants)), "backend": args.backend,
-            "eval_annotations": resolved_file(args.eval_annotations, "--eval-annotations"),
-            "eval_images": resolved_folder(args.eval_images, "--eval-images"),
-            "images": resolved_folder(args.images, "--images"),
-            "target": ",".join(check_spec(args.target, args.npu_only)),
-            "allow_approximate": ",".join(check_allowed(variant_list(args.allow_approximate))
-                                          if variant_list(args.allow_approximate) else []),
-            "npu_only": bool(args.npu_only)}
+    params = normalized_parameters({o.name: getattr(args, o.name) for o in OPTIONS
+                                    if o.cli and o.name not in NOT_FOR_BATCH}, cli=True)
+    params.update(allow_approximate=allowed_rules(params), npu_only=bool(params["npu_only"]))
+    return {"source": str(src.resolve()), **params}
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

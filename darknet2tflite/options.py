@@ -223,9 +223,10 @@ def _spell_cli(name: str) -> str:
     return name if BY_NAME[name].cli == "positional" else cli_flag(name)
 
 
-def check_parameters(params: Mapping[str, Any], cli: bool = False) -> dict[str, Any]:
-    """Every check of a conversion's parameters, before anything heavy runs; returns them
-    with paths made absolute.  ``cli``: errors spell the options as flags."""
+def normalized_parameters(params: Mapping[str, Any], cli: bool = False) -> dict[str, Any]:
+    """The checks of the option values themselves (no input is opened): ``params`` with
+    paths made absolute, variants and targets spelled canonically.  The batch CLI's
+    parameters are this; a single conversion's go on to :func:`check_parameters`."""
     spell = _spell_cli if cli else str
     from_stage = params.get("from_stage")
     if from_stage and from_stage not in STAGES:
@@ -235,8 +236,7 @@ def check_parameters(params: Mapping[str, Any], cli: bool = False) -> dict[str, 
         raise UserError(f"{spell('eval_annotations')} needs {spell('eval_images')} "
                         "(the annotated images)")
     check(params, spell=spell, error=UserError)
-    from darknet2tflite.inputs import (check_convert_inputs, resolved_file, resolved_folder,
-                                       resolved_output)
+    from darknet2tflite.inputs import resolved_file, resolved_folder, resolved_output
     resolve = {FILE: resolved_file, FOLDER: resolved_folder, OUTPUT: resolved_output}
     out = dict(params)
     for o in OPTIONS:
@@ -245,10 +245,26 @@ def check_parameters(params: Mapping[str, Any], cli: bool = False) -> dict[str, 
     if "variants" in params:
         out["variants"] = ",".join(variant_list(params["variants"]))
     from darknet2tflite.targets import check_spec
-    from darknet2tflite.targets.requirements import check_allowed
     out["target"] = ",".join(check_spec(params.get("target"), bool(params.get("npu_only"))))
-    check_convert_inputs(out, spell=spell)  # the inputs themselves: cfg, weights, images...
-    if variant_list(params.get("allow_approximate")):  # the rule registry loads Keras: only
-        out["allow_approximate"] = ",".join(check_allowed(  # when rules are named at all
-            variant_list(params.get("allow_approximate"))))
+    return out
+
+
+def allowed_rules(params: Mapping[str, Any]) -> str:
+    """``allow_approximate`` checked against the rule registry (which loads Keras: only
+    asked when rules are named at all)."""
+    named = variant_list(params.get("allow_approximate"))
+    if not named:
+        return ""
+    from darknet2tflite.targets.requirements import check_allowed
+    return ",".join(check_allowed(named))
+
+
+def check_parameters(params: Mapping[str, Any], cli: bool = False) -> dict[str, Any]:
+    """Every check of a conversion's parameters, before anything heavy runs; returns them
+    with paths made absolute.  ``cli``: errors spell the options as flags."""
+    out = normalized_parameters(params, cli)
+    from darknet2tflite.inputs import check_convert_inputs
+    check_convert_inputs(out, spell=_spell_cli if cli else str)  # cfg, weights, images...
+    if variant_list(params.get("allow_approximate")):
+        out["allow_approximate"] = allowed_rules(params)
     return out

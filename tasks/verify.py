@@ -3,13 +3,12 @@ tool (TFLite Micro interpreter, Vela) -> verify.json + model.<target>.tflite (Ve
 one per Ethos-U target). Runs only when a target other than ``cpu`` is requested."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 from prefect import task
 
-from ._common import TASK_OPTIONS, artifact, log, read_json, run_stage
+from ._common import TASK_OPTIONS, artifact, log, run_stage
+from darknet2tflite.stages.verify import verify_stage
 
 STAGE = "verify"
 
@@ -31,27 +30,10 @@ def _tool_versions(spec: Any) -> dict[str, str]:
     return {t.name: t.tool()["version"] for t in parse_targets(spec)}
 
 
-def verify_stage(p: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    from darknet2tflite.targets.verify import verify_targets
-    q = p["quantize"]
-    meta = read_json(artifact(q, "meta"))
-    plan = read_json(artifact(q, "plan"))
-    doc = verify_targets(p["target"], artifact(q, "tflite_int8"), meta, plan["eval"], out,
-                         float_tflite=artifact(p["rewrite"], "tflite_float32"),
-                         annotations=p.get("eval_annotations"),
-                         npu_only=bool(p.get("npu_only")), progress=log)
-    (out / "verify.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    arts = {"verify": out / "verify.json"}
-    for r in doc["targets"]:
-        if r.get("compiled"):
-            arts[f"compiled:{r['target']}"] = out / r["compiled"]
-    return arts
-
-
 @task(name=STAGE, **TASK_OPTIONS)
 def verify(target: str, quantize: dict, rewrite: dict, eval_annotations: str | None = None,
            npu_only: bool = False, store: str | None = None, refresh: bool = False,
            require_cached: bool = False):
     p = locals()
-    return run_stage(STAGE, store, *key_parts(p), lambda tmp: verify_stage(p, tmp),
+    return run_stage(STAGE, store, *key_parts(p), lambda tmp: verify_stage(p, tmp, log),
                      refresh=refresh, require_cached=require_cached)

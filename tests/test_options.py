@@ -99,3 +99,48 @@ def test_store_default_is_the_environment_or_the_current_folder(tmp_path, monkey
     monkeypatch.setenv(STORE_ENV, str(tmp_path / "elsewhere"))
     assert store_root(None) == (tmp_path / "elsewhere").resolve()
     assert store_root(str(tmp_path / "given")) == (tmp_path / "given").resolve()
+
+
+def test_batch_cli_parameters_are_the_batch_flows(tmp_path):
+    """`darknet2tflite batch` hands the batch flow exactly its parameters, derived from the
+    table (checked and resolved like convert's)."""
+    from cli.batch import parameters_from_args
+    from cli.main import build_parser
+    from flows.batch import batch
+    args = build_parser().parse_args(["batch", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--calibration", "data/samples", "--variants",
+                                      "float16, dynamic"])
+    params = parameters_from_args(args)
+    assert set(params) == set(_flow_signature(batch))
+    assert params["variants"] == "float16,dynamic" and params["target"] == "cpu"
+    assert params["calibration"].startswith("/") and params["allow_approximate"] == ""
+    args.channel_split = 2.0
+    with pytest.raises(UserError, match="--channel-split 2.0: expected a fraction"):
+        parameters_from_args(args)
+
+
+def test_one_plan_per_run_until_a_folder_changes(tmp_path, yolov4_tiny, sample_images):
+    """The CLI's checks, the flow's own and the flow's plan_run share one plan; a photo
+    added to the folder is planned again."""
+    import shutil
+    from darknet2tflite.int8 import planning
+    from darknet2tflite.stages.quantize import plan_run
+    photos = sorted(sample_images.glob("*.jpg"))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for p in photos[:4]:
+        shutil.copyfile(p, calib / p.name)
+    cfg, weights = yolov4_tiny
+    before = planning.computed
+    checked = check_parameters(dict(cfg=str(cfg), weights=str(weights), out=str(tmp_path / "o"),
+                                    calibration=str(calib), eval_images=str(calib)), cli=True)
+    check_parameters(checked)
+    plan = plan_run(checked["calibration"], checked["eval_images"], None)
+    assert planning.computed == before + 1
+    assert len(plan["eval"]) + len(plan["cross"][0]["eval"]) == 4
+    plan["eval"].clear()  # a caller's copy: the remembered plan is not changed through it
+    assert plan_run(checked["calibration"], checked["eval_images"], None)["eval"]
+    shutil.copyfile(photos[4], calib / photos[4].name)
+    again = plan_run(checked["calibration"], checked["eval_images"], None)
+    assert planning.computed == before + 2
+    assert len(again["eval"]) + len(again["cross"][0]["eval"]) == 5

@@ -16,7 +16,7 @@ import pytest
 
 from darknet2tflite.int8.calibration import (CalibrationWarning, calibrate, holdout_split,
                                         load_calibration)
-from darknet2tflite.errors import InputError
+from darknet2tflite.errors import UserError
 from darknet2tflite.images import load_rgb, preprocess
 
 REQUIRED_FILES = ("model.keras", "model.float32.tflite", "model.int8.tflite", "model.json",
@@ -39,13 +39,15 @@ def cache_env(tmp_path_factory):
 
 
 def _run(tmp_path_factory, cfg_weights, coco_images, tag):
-    from darknet2tflite.int8.quantize import convert_int8
+    """The product's conversion (every stage body, as the flow runs them) of the shared COCO
+    photos, which both calibrate and are scored: two calibration folds."""
+    from darknet2tflite.stages.inprocess import convert_in_process
     cfg, weights = cfg_weights
     out = tmp_path_factory.mktemp(tag) / "out"
-    report = convert_int8(cfg, weights, out, coco_images,
-                          names=coco_images.parent.parent / "darknet" / "cfg" / "coco.names",
-                          eval_annotations=coco_images / "instances.json",
-                          eval_images=coco_images, progress=None, latency_runs=5, draw=2)
+    report = convert_in_process(dict(
+        cfg=str(cfg), weights=str(weights), out=str(out), calibration=str(coco_images),
+        names=str(coco_images.parent.parent / "darknet" / "cfg" / "coco.names"),
+        eval_annotations=str(coco_images / "instances.json"), eval_images=str(coco_images)))
     return out, report
 
 
@@ -299,9 +301,12 @@ def test_yolov3_tiny_report_and_accuracy(v3_run):
 # --------------------------------------------------------------------------- bad inputs
 
 def _convert(tmp_path, cfg_weights, calib, **kw):
-    from darknet2tflite.int8.quantize import convert_int8
+    from darknet2tflite.stages.inprocess import convert_in_process
     cfg, weights = cfg_weights
-    return convert_int8(cfg, weights, tmp_path / "out", calib, progress=None, **kw)
+    return convert_in_process(dict(cfg=str(cfg), weights=str(weights),
+                                   out=str(tmp_path / "out"), calibration=str(calib),
+                                   **{k: str(v) if isinstance(v, Path) else v
+                                      for k, v in kw.items()}))
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -311,9 +316,9 @@ def _convert(tmp_path, cfg_weights, calib, **kw):
     ("input_type", "float32", "input_type float32: expected one of uint8, int8")])
 def test_bad_option_fails_before_anything_is_read(tmp_path, yolov4_tiny, option, value,
                                                   message):
-    """Library callers get the CLI's and the flow's checks (darknet2tflite/options.py);
-    the calibration folder is not even looked at."""
-    with pytest.raises(InputError, match=message):
+    """A conversion gets the CLI's and the flow's checks (darknet2tflite/options.py); the
+    calibration folder is not even looked at."""
+    with pytest.raises(UserError, match=message):
         _convert(tmp_path, yolov4_tiny, tmp_path / "missing", **{option: value})
     assert not (tmp_path / "out").exists()
 
@@ -322,10 +327,10 @@ def test_empty_calibration_folder_fails_before_conversion(tmp_path, yolov4_tiny,
     monkeypatch.setenv("DARKNET2TFLITE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "calib" / "sub").mkdir(parents=True)
     (tmp_path / "calib" / "notes.txt").write_text("not an image")
-    with pytest.raises(InputError, match="no calibration images"):
+    with pytest.raises(UserError, match="calibration .*: no images"):
         _convert(tmp_path, yolov4_tiny, tmp_path / "calib")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(UserError, match="no such folder"):
         _convert(tmp_path, yolov4_tiny, tmp_path / "missing")
 
 
@@ -336,7 +341,7 @@ def test_only_corrupt_images_fail_before_conversion(tmp_path, yolov4_tiny, monke
     (calib / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     (calib / "b.png").write_bytes(b"definitely not a png")
     (calib / "c.bmp").write_bytes(b"")
-    with pytest.raises(InputError, match="could be read") as e:
+    with pytest.raises(UserError, match="could be read") as e:
         _convert(tmp_path, yolov4_tiny, calib)
     assert "Empty min/max" not in str(e.value)
     assert not (tmp_path / "out").exists()
@@ -395,12 +400,12 @@ def test_annotations_not_matching_images(tmp_path, yolov4_tiny, coco_images, mon
         img["file_name"] = "elsewhere_" + img["file_name"]
     bad = tmp_path / "other.json"
     bad.write_text(json.dumps(ann))
-    with pytest.raises(InputError, match="none of the"):
+    with pytest.raises(UserError, match="none of the"):
         _convert(tmp_path, yolov4_tiny, coco_images, eval_annotations=bad,
                  eval_images=coco_images)
     assert not (tmp_path / "out").exists()
     (tmp_path / "notcoco.json").write_text("[1, 2, 3]")
-    with pytest.raises(InputError, match="COCO"):
+    with pytest.raises(UserError, match="COCO"):
         _convert(tmp_path, yolov4_tiny, coco_images, eval_annotations=tmp_path / "notcoco.json",
                  eval_images=coco_images)
     assert not (tmp_path / "out").exists()
@@ -409,7 +414,7 @@ def test_annotations_not_matching_images(tmp_path, yolov4_tiny, coco_images, mon
 def test_wrong_names_fail_early(tmp_path, yolov4_tiny, coco_images):
     names = tmp_path / "three.names"
     names.write_text("a\nb\nc\n")
-    with pytest.raises(InputError, match="3 names"):
+    with pytest.raises(UserError, match="3 names"):
         _convert(tmp_path, yolov4_tiny, coco_images, names=names)
     assert not (tmp_path / "out").exists()
 
@@ -474,6 +479,14 @@ _CONV = ("[convolutional]\nbatch_normalize=1\nfilters={}\nsize=3\nstride={}\npad
          "activation=leaky\n\n")
 
 
+def _convert_synthetic(cfg_path: Path, w_path: Path, out: Path, calib: Path, **kw) -> dict:
+    """The product's conversion of a small synthetic model, calibrated (and, held out,
+    scored) on ``calib``."""
+    from darknet2tflite.stages.inprocess import convert_in_process
+    return convert_in_process(dict(cfg=str(cfg_path), weights=str(w_path), out=str(out),
+                                   calibration=str(calib), **kw))
+
+
 def _photo_folder(tmp_path: Path, coco_images: Path, n: int = 6) -> tuple[Path, list[Path]]:
     """A calibration folder holding the first ``n`` shared COCO photos, and those photos."""
     calib = tmp_path / "calib"
@@ -492,14 +505,12 @@ def test_grey_network_converts_full_integer_with_float_fallback(tmp_path, coco_i
     from darknet2tflite.evaluation.evaluate import cosine, run_model
     from darknet2tflite.images import load_network_image
     from darknet2tflite.tflite.inspect import check_integer, input_quantization
-    from darknet2tflite.int8.quantize import convert_int8
     from test_parity import _synthetic
     body = "".join(_CONV.format(f, s) for f, s in ((8, 2), (16, 2), (16, 1)))
     cfg_path, w_path = _synthetic(tmp_path, body, size=64, seed=2, channels=1)
     calib, photos = _photo_folder(tmp_path, coco_images)
     out = tmp_path / "out"
-    report = convert_int8(cfg_path, w_path, out, calib, progress=None, latency_runs=2,
-                          draw=1, float_fallback=1)
+    report = _convert_synthetic(cfg_path, w_path, out, calib, float_fallback=1)
     data = (out / "model.int8.tflite").read_bytes()
     assert check_integer(data, "uint8")["full_integer"]
     dtype, scale, zp = input_quantization(data)
@@ -526,7 +537,6 @@ def test_partial_residual_shortcuts_convert_full_integer(tmp_path, coco_images, 
     from darknet2tflite.darknet.cfg import parse_cfg
     from darknet2tflite.evaluation.evaluate import cosine, run_model
     from darknet2tflite.tflite.inspect import check_integer, inspect_ops
-    from darknet2tflite.int8.quantize import convert_int8
     from test_parity import _synthetic
     body = (_CONV.format(8, 2) + _CONV.format(16, 1) + "[shortcut]\nfrom=-2\nactivation=leaky\n\n"
             + _CONV.format(8, 1) + "[shortcut]\nfrom=-2\n\n")
@@ -535,7 +545,7 @@ def test_partial_residual_shortcuts_convert_full_integer(tmp_path, coco_images, 
     assert [s.params["out_shape"][2] for s in cfg.layers if s.kind == "shortcut"] == [16, 8]
     calib, photos = _photo_folder(tmp_path, coco_images)
     out = tmp_path / "out"
-    convert_int8(cfg_path, w_path, out, calib, progress=None, latency_runs=2, draw=1)
+    _convert_synthetic(cfg_path, w_path, out, calib)
     data = (out / "model.int8.tflite").read_bytes()
     assert check_integer(data, "uint8")["full_integer"]
     assert {"STRIDED_SLICE", "CONCATENATION", "ADD"} <= {op["op"] for op in inspect_ops(data)}
@@ -560,7 +570,7 @@ def test_logistic_heads_are_split_and_box_rounded(tmp_path, coco_images, cache_e
     from darknet2tflite.darknet.cfg import parse_cfg
     from darknet2tflite.evaluation.evaluate import cosine, run_model
     from darknet2tflite.tflite.inspect import check_integer, inspect_ops
-    from darknet2tflite.int8.quantize import convert_int8, load_keras
+    from darknet2tflite.model.load import load_keras
     from darknet2tflite.darknet.weights import random_weights, read_weights, write_weights
     cfg_path = tmp_path / "logistic.cfg"
     cfg_path.write_text("[net]\nwidth=64\nheight=64\nchannels=3\n\n"
@@ -571,7 +581,7 @@ def test_logistic_heads_are_split_and_box_rounded(tmp_path, coco_images, cache_e
     write_weights(w_path, cfg, random_weights(cfg, 5))
     calib, photos = _photo_folder(tmp_path, coco_images)
     out = tmp_path / "out"
-    report = convert_int8(cfg_path, w_path, out, calib, progress=None, latency_runs=2, draw=1)
+    report = _convert_synthetic(cfg_path, w_path, out, calib)
     meta = json.loads((out / "model.json").read_text())
     (head,) = meta["heads"]
     assert [n.rsplit("_", 1)[1] for n in head["outputs"]] == ["box", "rest"] * 3

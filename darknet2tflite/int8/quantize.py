@@ -33,22 +33,18 @@ is verified on every converted model (:func:`input_quantization`).
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from darknet2tflite.int8.augment import MIRROR_BELOW, mirrored_count
-from darknet2tflite.int8.channel_split import MAC_BUDGET
+from darknet2tflite.int8.augment import mirrored_count
 from darknet2tflite.errors import InputError, UserError
 from darknet2tflite.model.load import load_keras
 from darknet2tflite.options import BY_NAME, check as check_options
-from darknet2tflite.evaluation.report import assemble_report
 from darknet2tflite.int8.peak_rss import PeakRSS
-from darknet2tflite.int8.planning import _existing, plan_images
 from darknet2tflite.int8.passes import PassLog, float_seconds_per_image
 from darknet2tflite.int8.ranges import Progress, quantize_calibrated, refine_ranges
 from darknet2tflite.tflite.inspect import check_integer
@@ -257,97 +253,3 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     write_json(out / "quantize.json", result.to_dict())
     paths["quantize"] = out / "quantize.json"
     return result
-
-
-def cross_models(cfg_path: str | Path, calibration_dir: str | Path, limit: int | None,
-                  folds: Sequence[Mapping[str, Any]], keras_path: Path, meta_path: Path,
-                  opts: QuantizeOptions, tmp: Path, say: Progress) -> list[tuple[Path, list[Path]]]:
-    """int8 models of the swapped folds of ``plan_images(...)["cross"]`` (same conversion,
-    other calibration images), written to ``tmp``; pass the result to
-    ``evaluate.evaluate(cross=...)`` for the cross-calibrated AP."""
-    from darknet2tflite.int8.calibration import calibrate, load_calibration
-    from darknet2tflite.tflite.export import save_tflite
-    model = load_keras(keras_path)
-    meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
-    groups = [h.get("outputs") or [h["output"]] for h in meta["heads"]]
-    out = []
-    for k, fold in enumerate(folds, 2):
-        calib = calibrate(cfg_path, calibration_dir, None, limit, exclude=fold["exclude"],
-                          progress=say)
-        say(f"cross-calibration fold {k}: int8 model calibrated on {len(calib.images)} images")
-        data, *_ = int8_from_keras(model, load_calibration(calib.npy), opts, say)
-        path = save_tflite(data, tmp / f"model.int8.fold{k}.tflite", dict(
-            meta, head_outputs=tflite_head_outputs(data, model.output_names, groups)))
-        out.append((path, list(fold["eval"])))
-    return out
-
-
-def convert_int8(cfg_path: str | Path, weights_path: str | Path, out_dir: str | Path,
-                 calibration_dir: str | Path, names: str | Path | None = None,
-                 eval_annotations: str | Path | None = None,
-                 eval_images: str | Path | None = None, input_type: str = "uint8",
-                 variants: Sequence[str] = (), float_fallback: int = 0,
-                 progress: Progress | None = print, *, calibration_limit: int | None = 500,
-                 eval_fraction: float = 0.5, ranges: str = "mse", latency_runs: int = 20,
-                 draw: int = 4, cross_validate: bool = True,
-                 channel_split: float = MAC_BUDGET,
-                 calibration_mirror: int = MIRROR_BELOW) -> dict[str, Any]:
-    """Darknet cfg+weights -> calibrated full-integer int8 TFLite, evaluated.
-
-    Writes into ``out_dir`` (all or nothing: staged in a sibling temp folder and moved in
-    on success): model.keras, model.float32.tflite, model.int8.tflite, model.json,
-    report.json, report.md, report_images/ (+ model.<variant>.tflite,
-    model.int8-fallback.tflite, quantize.json). Returns the report dict with ``paths``.
-
-    When the evaluation images are (partly) calibration images, the shared ones are split
-    in two halves: the shipped model is calibrated without the first and evaluated on it;
-    with ``cross_validate`` a second int8 model, calibrated without the second half, scores
-    that half, so AP covers every annotated image, each one unseen by its int8 model
-    (report ``ap_cross``; the accuracy targets are judged on it)."""
-    from darknet2tflite.int8.calibration import calibrate
-    from darknet2tflite.evaluation.evaluate import evaluate
-    from darknet2tflite.evaluation.report import write_report
-    from darknet2tflite.store.output import staged_output
-
-    say = progress or (lambda _m: None)
-    opts = QuantizeOptions(input_type=input_type, ranges=ranges, variants=tuple(variants),
-                           float_fallback=float_fallback, channel_split=channel_split,
-                           calibration_mirror=calibration_mirror)
-    opts.validate()
-    for p, what in ((cfg_path, "cfg"), (weights_path, "weights"), (names, "names file"),
-                    (eval_annotations, "evaluation annotations")):
-        if p is not None and not Path(p).is_file():
-            raise InputError(f"{what} {p} does not exist")
-    _existing(eval_images, "evaluation images")
-    if names is not None:  # a names/classes mismatch must not wait for the conversion
-        from darknet2tflite.darknet.cfg import parse_cfg
-        from darknet2tflite.darknet.metadata import decode_metadata, read_names
-        try:
-            decode_metadata(parse_cfg(cfg_path), read_names(names))
-        except ValueError as e:
-            raise InputError(f"{names}: {e}") from None
-    # every input problem surfaces here, before any conversion work
-    plan = plan_images(calibration_dir, eval_images, eval_annotations, eval_fraction)
-    for w in plan["warnings"]:
-        say(f"warning: {w}")
-    calib = calibrate(cfg_path, calibration_dir, None, calibration_limit,
-                      exclude=plan["exclude"], progress=say)
-    with staged_output(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="d2t-cross-") as xt:
-        xtmp = Path(xt)
-        arts = build_int8_model(cfg_path, weights_path, tmp, names, progress=say)
-        q = quantize(arts["keras"], calib.npy, arts["meta"], tmp, opts, progress=say)
-        extra = {k[len("tflite_"):].replace("_", "-"): v for k, v in q.paths.items()
-                 if k.startswith("tflite_") and k != "tflite_int8"}
-        cross = []
-        if cross_validate and eval_annotations is not None and plan["cross"]:
-            cross = cross_models(cfg_path, calibration_dir, calibration_limit, plan["cross"],
-                                  arts["keras"], arts["meta"], opts, xtmp, say)
-        ev = evaluate(arts["tflite_float32"], q.paths["tflite_int8"], q.paths["meta"],
-                      plan["eval"], eval_annotations, tmp, extra_models=extra,
-                      latency_runs=latency_runs, draw=draw, cross=cross, progress=say)
-        files = {**arts, **q.paths}
-        report = assemble_report(cfg_path, q, calib, ev, files, plan["warnings"])
-        files.update(write_report(report, tmp))
-    out = Path(out_dir)
-    report["paths"] = {k: str(out / Path(v).name) for k, v in files.items()}
-    return report
