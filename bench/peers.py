@@ -147,6 +147,7 @@ def child_convert(spec: dict[str, Any]) -> dict[str, Any]:
     data = path.read_bytes()
     dtype, scale, zp = input_quantization(data)
     npy.unlink(missing_ok=True)
+    npy.with_suffix(".json").unlink(missing_ok=True)
     fops = float_ops(data)
     return {"convert_s": convert_s, "steps": steps, "path": str(path), "size_bytes": len(data),
             "full_integer": not fops, "float_ops": fops,
@@ -358,7 +359,8 @@ def table_lines(models: dict[str, Any]) -> list[str]:
     L = ["", ("== Peers: the shipped int8 vs plain TFLiteConverter int8 vs onnx2tf (same "
               "photos; latency median ms, interleaved in one process, [q1-q3]; x = / shipped) ==")]
     L.append(f"{'model':12s} {'peer':8s} {'1t ms':>8s} {'[q1-q3]':>15s} {'2t ms':>8s} "
-             f"{'x 1t':>5s} {'x 2t':>5s} {'convert s':>9s} {'KiB':>7s} {'AP':>6s} {'AP50':>6s}")
+             f"{'x 1t':>5s} {'x 2t':>5s} {'convert s':>9s} {'KiB':>7s} {'AP':>6s} {'AP50':>6s} "
+             "full int8")
     for n, r in rows:
         for peer, p in r["peers"].items():
             if p.get("error"):
@@ -371,7 +373,9 @@ def table_lines(models: dict[str, Any]) -> list[str]:
                      f"{_f(p.get('latency_ms_2threads')):>8s} {_f(vs.get('1thread'), '.2f'):>5s} "
                      f"{_f(vs.get('2threads'), '.2f'):>5s} {_f(p.get('convert_s')):>9s} "
                      f"{_f(p['size_bytes'] / 1024 if p.get('size_bytes') else None, '.0f'):>7s} "
-                     f"{_f(p.get('AP'), '.2f'):>6s} {_f(p.get('AP50'), '.2f'):>6s}")
+                     f"{_f(p.get('AP'), '.2f'):>6s} {_f(p.get('AP50'), '.2f'):>6s} "
+                     + ("-" if p.get("full_integer") is None else "yes" if p["full_integer"]
+                        else "NO (float " + ",".join(sorted(set(p.get("float_ops") or []))) + ")"))
         setup = r.get("peers_setup") or {}
         L.append(f"{'':12s} calibrated on {setup.get('calibration_images')} photos; AP on "
                  f"{setup.get('images')} held-out photos"

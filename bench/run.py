@@ -2,7 +2,8 @@
 
 Usage::
 
-    .venv/bin/python bench/run.py [--models yolov4-tiny,yolov3-tiny,yolov4] [--json OUT.json]
+    .venv/bin/python bench/run.py [--models yolov4-tiny,yolov3-tiny,yolov4,yolov4-csp]
+                                  [--json OUT.json] [--peers shipped,plain,onnx2tf]
                                   [--photos N]   # quick: N photos, no AP (the tests use it)
 
 For each model, every measurement runs in its own child process (this script re-executed as
@@ -31,12 +32,17 @@ For each model, every measurement runs in its own child process (this script re-
 5. **latency**: ``model.float32.tflite`` and ``model.int8.tflite`` in LiteRT with XNNPACK at 1
    and 2 threads: median of ``--latency-runs`` invokes after 3 warm-up runs (fewer runs when
    one invoke is slow, see ``--latency-budget``), and file sizes (MiB).
-6. **deployment targets** (``--deploy-targets``, default tflm,ethos-u55-256; off with
+6. **peers** (``--peers``, bench/peers.py): the cold run's model.int8.tflite next to a plain
+   TFLiteConverter int8 and the onnx2tf backend's int8 of the same cfg + weights, each
+   converted in its own child process on the same calibration photos, scored (AP / AP50) on
+   the same held-out photos by the evaluate stage's own code, and timed interleaved in one
+   latency child: ``models.<model>.peers.<name>``.
+7. **deployment targets** (``--deploy-targets``, default tflm,ethos-u55-256; off with
    ``--photos`` unless given): the flow once more on the same store with ``target=`` that
    list: the probe with the targets' own tools (vs the cpu probe of the cold run), and the
    verify stage per target (TFLite Micro run + arena search, Vela compile, reference-kernel
    accuracy), from the verify stage's own timings.
-7. **orchestration** (all models done): a fully cached run in the CLI's default mode (the
+8. **orchestration** (all models done): a fully cached run in the CLI's default mode (the
    embedded server, reported as "ephemeral"), in Prefect's own ephemeral mode
    (``DARKNET2TFLITE_EMBEDDED_SERVER=0``) and against an already running ``prefect server
    start`` (temporary ``PREFECT_HOME``, free port), runs interleaved; the server is stopped
@@ -99,6 +105,10 @@ MODELS: dict[str, dict[str, Any]] = {
     # isolated (for a like-for-like probe-vs-layers comparison with yolov4-tiny).
     "yolov4": {"cfg": REPO / "cfg" / "yolov4.cfg", "weights": None,
                "calibration": 3, "calibration_limit": 2, "isolate": ("probe",)},
+    # Scaled-YOLOv4 size (512x512 letterbox, 175 layers, mish, new_coords heads): the same
+    # small calibration as yolov4, for the per-stage time and peak memory of a big model
+    "yolov4-csp": {"cfg": REPO / "cfg" / "yolov4-csp.cfg", "weights": None,
+                   "calibration": 3, "calibration_limit": 2, "isolate": ("probe",)},
 }
 
 #: figures the issue asks about (reported as met / missed, never asserted)
