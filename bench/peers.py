@@ -86,14 +86,37 @@ def _calibrate(spec: dict[str, Any], cfg: Any, out: Path, steps: dict[str, float
     return cal.npy
 
 
+def _litert(path: str | Path | bytes, threads: int = 1, xnnpack: bool = True) -> Any:
+    """A LiteRT interpreter, allocated; ``xnnpack=False``: the builtin kernels only (for a
+    model XNNPACK cannot prepare)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kw: dict[str, Any] = {"model_content": bytes(path)} if isinstance(path, bytes) else \
+        {"model_path": str(path)}
+    if not xnnpack:
+        kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    it = Interpreter(num_threads=threads, **kw)
+    it.allocate_tensors()
+    return it
+
+
+def xnnpack_error(path: str | Path) -> str | None:
+    """Why LiteRT's default XNNPACK delegate cannot prepare this model (None: it can)."""
+    try:
+        _litert(path)
+    except RuntimeError as e:
+        return str(e).strip()[:300]
+    return None
+
+
 def _plain(spec: dict[str, Any], cfg: Any, model: Any, meta: dict[str, Any],
            groups: list[list[str]], npy: Path, out: Path) -> Path:
     from darknet2tflite.int8.calibration import load_calibration, representative_dataset
-    from darknet2tflite.int8.quantize import tflite_head_outputs
-    from darknet2tflite.tflite.export import convert, save_tflite
+    from darknet2tflite.tflite.export import convert, head_tensor_names, save_tflite
     data = convert(model, mode="int8", representative=representative_dataset(
         load_calibration(npy)))
-    heads = tflite_head_outputs(data, model.output_names, groups)
+    # head names through the builtin kernels: XNNPACK may refuse the converter's model
+    it = _litert(data, xnnpack=False)
+    heads = [head_tensor_names(it, list(model.output_names), list(g)) for g in groups]
     return save_tflite(data, out / FILES["plain"], dict(meta, head_outputs=heads))
 
 
@@ -149,7 +172,7 @@ def child_convert(spec: dict[str, Any]) -> dict[str, Any]:
     npy.unlink(missing_ok=True)
     npy.with_suffix(".json").unlink(missing_ok=True)
     fops = float_ops(data)
-    return {"convert_s": convert_s, "steps": steps, "path": str(path), "size_bytes": len(data),
+    return {"xnnpack_error": xnnpack_error(path),"convert_s": convert_s, "steps": steps, "path": str(path), "size_bytes": len(data),
             "full_integer": not fops, "float_ops": fops,
             "input": {"dtype": dtype, "scale": scale, "zp": zp}}
 
@@ -164,13 +187,19 @@ def child_score(spec: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from darknet2tflite.evaluation.evaluate import evaluate
     models = dict(spec["models"])
+    # evaluate() runs every model with XNNPACK; one it cannot prepare is left out (AP null)
+    refused = {n: e for n, p in models.items() if (e := xnnpack_error(p))}
+    for n in refused:
+        models.pop(n)
     shipped = models.pop("shipped")
     rep = evaluate(spec["float32"], shipped, spec["meta"], [Path(p) for p in spec["eval"]],
                    spec["annotations"], spec["out"], extra_models=models, threads=(), draw=0,
                    progress=lambda _m: None)
     names = {"int8": "shipped", **{k: k for k in models}}
     ap = rep.get("ap") or {}
-    res: dict[str, Any] = {"images": len(rep["images"]), "peers": {}}
+    res: dict[str, Any] = {"images": len(rep["images"]), "peers": {
+        n: {"score_error": f"not scored: XNNPACK cannot prepare it ({e})"}
+        for n, e in refused.items()}}
     for key, peer in names.items():
         heads = rep["heads"].get(key) or []
         res["peers"][peer] = {
@@ -194,19 +223,24 @@ def child_latency(spec: dict[str, Any]) -> dict[str, Any]:
     """Per thread count: one LiteRT interpreter per model (XNNPACK default), the same
     pseudo-random uint8 input, ``warmup`` invokes each, then rounds of one invoke per model
     in turn, so a load change hits every model alike.  Fewer rounds (>= ``min_runs``) when
-    ``runs`` rounds would exceed ``budget_s`` per model.  Also each file's float ops (none:
-    full integer), so every row says it the same way."""
+    ``runs`` rounds would exceed ``budget_s`` per model.  A model XNNPACK cannot prepare is
+    timed on the builtin kernels (``delegate`` says so: not comparable).  Also each file's
+    float ops (none: full integer), so every row says it the same way."""
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
     sys.path.insert(0, str(REPO))
     from darknet2tflite.tflite.inspect import float_ops
     res: dict[str, Any] = {"float_ops": {n: float_ops(Path(p).read_bytes())
-                                         for n, p in spec["models"].items()}, "latency": {}}
+                                         for n, p in spec["models"].items()}, "latency": {},
+                           "delegate": {}}
     for threads in spec["threads"]:
         its: dict[str, Any] = {}
         for name, path in spec["models"].items():
-            it = Interpreter(model_path=path, num_threads=threads)
-            it.allocate_tensors()
+            try:
+                it = _litert(path, threads)
+                res["delegate"][name] = "xnnpack"
+            except RuntimeError as e:
+                it = _litert(path, threads, xnnpack=False)
+                res["delegate"][name] = f"builtin kernels (XNNPACK: {str(e).strip()[:200]})"
             d = it.get_input_details()[0]
             info = np.iinfo(d["dtype"]) if d["dtype"] != np.float32 else None
             rng = np.random.default_rng(0)
@@ -305,7 +339,8 @@ def bench_peers(name: str, conf: dict[str, Any], params: dict[str, Any],
                                "out": str(folder / peer)}, work, f"peer-{peer}")
         row = peers[peer]
         row.update({k: r.get(k) for k in ("convert_s", "size_bytes", "path", "steps",
-                                          "full_integer", "float_ops", "input", "error")})
+                                          "full_integer", "float_ops", "input",
+                                          "xnnpack_error", "error")})
         row["peak_rss_mb"] = r.get("peak_rss_mb")
         if "error" in r:
             log(f"{name}: peer {peer}: FAILED {r['error'][:200]}")
@@ -335,7 +370,8 @@ def bench_peers(name: str, conf: dict[str, Any], params: dict[str, Any],
         else:
             for peer, by_t in lat["latency"].items():
                 fops = lat["float_ops"][peer]
-                peers[peer].update(full_integer=not fops, float_ops=fops,latency_ms_1thread=by_t["1"]["median"],
+                peers[peer].update(full_integer=not fops, float_ops=fops,
+                                   latency_delegate=lat["delegate"][peer],latency_ms_1thread=by_t["1"]["median"],
                                    latency_ms_2threads=by_t["2"]["median"],
                                    latency_spread_ms={t: {k: v for k, v in d.items()
                                                           if k != "median"}
@@ -361,11 +397,15 @@ def table_lines(models: dict[str, Any]) -> list[str]:
     L.append(f"{'model':12s} {'peer':8s} {'1t ms':>8s} {'[q1-q3]':>15s} {'2t ms':>8s} "
              f"{'x 1t':>5s} {'x 2t':>5s} {'convert s':>9s} {'KiB':>7s} {'AP':>6s} {'AP50':>6s} "
              "full int8")
+    notes: list[str] = []
     for n, r in rows:
         for peer, p in r["peers"].items():
             if p.get("error"):
                 L.append(f"{n:12s} {peer:8s} ERROR {str(p['error'])[:90]}")
                 continue
+            if p.get("xnnpack_error"):
+                notes.append(f"{n} {peer}: XNNPACK cannot prepare it ({p['xnnpack_error'][:80]}): "
+                             "latency on the builtin kernels, not scored")
             sp = (p.get("latency_spread_ms") or {}).get("1") or {}
             iqr = f"[{sp['q1']:.1f}-{sp['q3']:.1f}]" if sp else "-"
             vs = p.get("latency_vs_shipped") or {}
@@ -381,7 +421,7 @@ def table_lines(models: dict[str, Any]) -> list[str]:
                  f"{setup.get('images')} held-out photos"
                  + ("" if setup.get("annotations") else " (no annotations: AP not scored)")
                  + (f"; float32 AP {setup['float32'].get('AP')}" if setup.get("float32") else ""))
-    return L
+    return L + notes
 
 
 def _f(x: Any, spec: str = ".1f") -> str:
