@@ -4,8 +4,9 @@ run, on the same photos and threads.
 
 * ``shipped``: the cold ``convert`` flow's model.int8.tflite (head split, channel split, box
   rounding, MSE ranges); its conversion time comes from that run's stage windows.
-* ``plain``: TFLiteConverter full-integer int8 of the build stage's float Keras model (no
-  rewrite, no transform of ours), the converter's own calibration through
+* ``plain``: TFLiteConverter full-integer int8 of the same Darknet graph: the float Keras
+  model with the exact rules the cold run's probe chose (what makes it full integer; no head
+  split, no transform for accuracy), the converter's own calibration through
   ``representative_dataset`` on the shipped model's calibration photos, uint8 input, int8
   output, per-channel weights (the converter's default).
 * ``onnx2tf``: what ``convert --backend onnx2tf`` converts: the rewrite stage's model (the
@@ -17,8 +18,8 @@ run, on the same photos and threads.
   the backend's full-integer check refuses it (onnx2tf leaves its SPLITs float).
 
 Each peer conversion is one child process (``_child peer``) that starts its clock at the
-parse, so ``convert_s`` is parse -> int8 file (onnx2tf: plus the cold run's probe, whose
-choice of rules it reuses).  Scoring (``_child
+parse, so ``convert_s`` is parse -> int8 file (plus the cold run's probe, whose choice of
+rules both reuse).  Scoring (``_child
 peer_score``) runs ``evaluation.evaluate.evaluate`` on the shipped model's held-out photos
 with the three models side by side (one decoder, one AP).  Latency (``_child peer_latency``)
 times the three files interleaved invoke by invoke in one process, so machine load hits all
@@ -52,7 +53,8 @@ FIELDS = ("latency_ms_1thread", "latency_ms_2threads", "convert_s", "size_bytes"
 def _parse_and_build(spec: dict[str, Any], steps: dict[str, float]
                      ) -> tuple[Any, Any, dict[str, Any], list[list[str]]]:
     """cfg + weights -> (cfg, Keras model, model.json dict, Keras outputs per head): the
-    build stage's model (no rewrite rules), timed step by step into ``steps``.  (The
+    float model with the probe's exact rules (no head split), timed step by step into
+    ``steps``.  (The
     onnx2tf peer's route builds its own, rewritten model.)"""
     from darknet2tflite.darknet.metadata import decode_metadata, read_names
     from darknet2tflite.stages.parse import load_model_inputs
@@ -63,7 +65,14 @@ def _parse_and_build(spec: dict[str, Any], steps: dict[str, float]
     t = time.perf_counter()
     from darknet2tflite.model.builder import build_keras
     from darknet2tflite.tflite.export import head_groups
-    model, _ = build_keras(cfg, weights, ())
+    from darknet2tflite.rewrites import load_rules
+    from darknet2tflite.stages.payload import read_json
+    # the exact rules the cold run's probe chose (e.g. [route] groups as STRIDED_SLICE, the
+    # maxpool padding): without them the converter leaves float ops (SPLIT, DEQUANTIZE) and
+    # XNNPACK cannot prepare the yolov3-tiny model; no head split, nothing for accuracy
+    registry = load_rules()
+    rules = [registry[r["name"]] for r in (read_json(spec["probe"]) or {}).get("rewrites", [])]
+    model, _ = build_keras(cfg, weights, rules)
     groups = head_groups(model, meta)
     for h, g in zip(meta["heads"], groups):
         h["outputs"] = g
@@ -335,7 +344,7 @@ def bench_peers(name: str, conf: dict[str, Any], params: dict[str, Any],
                                "calibration_images": plan["calibration"]["image_names"],
                                "probe": shipped["probe"],
                                "probe_s": (cold_stages.get("probe") or {}).get("flow_s")
-                               if peer == "onnx2tf" else None,
+                               if peer in ("onnx2tf", "plain") else None,
                                "out": str(folder / peer)}, work, f"peer-{peer}")
         row = peers[peer]
         row.update({k: r.get(k) for k in ("convert_s", "size_bytes", "path", "steps",
