@@ -7,6 +7,7 @@ asserted: they are the benchmark's output, not a test's.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +27,20 @@ def test_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--models", "yolov3-tiny",
-         "--isolate", "none", "--latency-runs", "3", "--photos", "6", "--json", str(out)],
+         "--isolate", "none", "--latency-runs", "3", "--photos", "6", "--keep",
+         "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== Totals" in proc.stdout  # the printed table
 
     doc = json.loads(out.read_text())
+    try:
+        _check_run(doc, proc.stdout)
+    finally:
+        shutil.rmtree(doc.get("work_folder") or tmp_path / "none", ignore_errors=True)
+
+
+def _check_run(doc: dict, stdout: str) -> None:
     m = doc["models"]["yolov3-tiny"]
     for k in ("cold_s", "cached_s", "quantize_rerun_s"):
         assert isinstance(m[k], (int, float)) and m[k] > 0, k
@@ -51,6 +60,46 @@ def test_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     assert all(rerun["states"][s] == "Cached" for s in STAGES[:5])
     assert not set(rerun["produced"]) & set(STAGES[:5])
     assert "orchestration" in doc and "targets" in doc
+    _check_peers(m, stdout)
+
+
+def _check_peers(m: dict, stdout: str) -> None:
+    """The peers block: shipped, plain and onnx2tf measured side by side; the plain and
+    onnx2tf files really converted (valid int8 TFLite, uint8 input, on the shipped model's
+    calibration photos), all three scored on the same held-out photo (real weights, COCO
+    annotations) and timed in one process."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    peers = m["peers"]
+    assert set(peers) == {"shipped", "plain", "onnx2tf"}
+    assert "== Peers" in stdout
+    setup = m["peers_setup"]
+    assert setup["annotations"] and setup["images"] >= 1
+    for name, row in peers.items():
+        assert not row.get("error"), (name, row.get("error"))
+        for k in ("latency_ms_1thread", "latency_ms_2threads", "convert_s", "size_bytes"):
+            assert isinstance(row[k], (int, float)) and row[k] > 0, (name, k)
+        if row.get("xnnpack_error"):  # LiteRT's default delegate refuses the file: timed on
+            # the builtin kernels, and left out of evaluate() (which runs XNNPACK)
+            assert row["latency_delegate"].startswith("builtin kernels"), name
+            assert row["AP"] is None and "XNNPACK" in row["score_error"], name
+        else:
+            assert row["latency_delegate"] == "xnnpack", name
+            for k in ("AP", "AP50"):
+                assert isinstance(row[k], float), (name, k)
+        spread = row["latency_spread_ms"]["1"]
+        assert spread["min"] <= row["latency_ms_1thread"] <= spread["max"]
+        assert Path(row["path"]).stat().st_size == row["size_bytes"]
+        it = Interpreter(model_path=row["path"], experimental_op_resolver_type=(
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))  # XNNPACK may refuse plain
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        assert inp["dtype"] == np.uint8 and list(inp["shape"]) == [1, 416, 416, 3], name
+        assert {np.dtype(d["dtype"]).name for d in it.get_output_details()} == {"int8"}, name
+    for name in ("plain", "onnx2tf"):
+        assert peers[name]["steps"]["same_calibration_photos"], name
+        assert Path(peers[name]["path"]).name == f"peer-{name}.int8.tflite"
+    # every peer is full integer (plain: with the probe's exact rules), as the shipped model
+    assert all(peers[p]["full_integer"] for p in ("shipped", "plain", "onnx2tf"))
 
 
 def test_int8_splits_pairs_a_setting_with_its_baseline_split_by_split() -> None:
