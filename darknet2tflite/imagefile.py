@@ -83,6 +83,10 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+#: extensions whose header image_header reads: a file so named must carry that header
+CLAIMED_FORMAT = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp"}
+
+
 def image_header(data: bytes) -> Header | None:
     """Format and size from the first bytes, or None when they are not JPEG/PNG/BMP (or the
     header itself is cut short)."""
@@ -112,6 +116,10 @@ def check_image_bytes(data: bytes, path: str | os.PathLike[str]) -> Header:
     if hdr is None:
         raise InputError(f"{where}: truncated or malformed image header")
     if hdr.format == "other":
+        claimed = CLAIMED_FORMAT.get(os.path.splitext(os.fspath(path))[1].lower())
+        if claimed:  # named .png/.jpg/.bmp but not one: refuse it here, not at calibration
+            raise InputError(f"{where}: not a {claimed.upper()} file (its first bytes are "
+                             f"no {claimed.upper()} header)")
         return hdr
     check_image_size(hdr.width, hdr.height, where)
     if hdr.format == "jpeg" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
