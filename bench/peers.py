@@ -14,7 +14,10 @@ run, on the same photos and threads.
   int8 head split) through ``int8.backends.dispatch.quantize_with_backend("onnx2tf")``
   (offline: onnx2tf's sample-image download is replaced by our calibration array there), on
   the same calibration photos; none of the direct backend's transforms (channel split, box
-  rounding, MSE ranges).  The build stage's unrewritten graph is no option: on yolov4-tiny
+  rounding, MSE ranges).
+* ``equalize``: the direct backend as ``convert --equalize`` runs it (cross-layer range
+  equalization with error-feedback rounding of the equalized layers' consumers instead of
+  the outlier channel split; no extra MACs), on the rewrite stage's model.  The build stage's unrewritten graph is no option: on yolov4-tiny
   the backend's full-integer check refuses it (onnx2tf leaves its SPLITs float).
 
 Each peer conversion is one child process (``_child peer``) that starts its clock at the
@@ -37,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PEERS = ("shipped", "plain", "onnx2tf")
+PEERS = ("shipped", "plain", "onnx2tf", "equalize")
 #: file name of each peer's model in the peers folder; the shipped one keeps its own name so
 #: model.json's ``head_outputs_by_file`` entry for it still applies
 FILES = {"shipped": "model.int8.tflite", "plain": "peer-plain.int8.tflite",
-         "onnx2tf": "peer-onnx2tf.int8.tflite"}
+         "onnx2tf": "peer-onnx2tf.int8.tflite", "equalize": "peer-equalize.int8.tflite"}
 #: the fields every peer row has (None when not measured)
 FIELDS = ("latency_ms_1thread", "latency_ms_2threads", "convert_s", "size_bytes", "AP", "AP50")
 
@@ -156,7 +159,25 @@ def _rewritten(spec: dict[str, Any], out: Path, steps: dict[str, float]
     return parse_cfg(spec["cfg"]), None, None, None
 
 
-ROUTES: dict[str, Callable[..., Path]] = {"plain": _plain, "onnx2tf": _onnx2tf}
+def _equalize(spec: dict[str, Any], cfg: Any, model: Any, meta: dict[str, Any],
+              groups: list[list[str]], npy: Path, out: Path) -> Path:
+    """The direct backend as ``convert --equalize`` runs it (range equalization instead of
+    the channel split; everything else the shipped model's)."""
+    from darknet2tflite.int8.backends.dispatch import quantize_with_backend
+    from darknet2tflite.int8.quantize import QuantizeOptions
+    from darknet2tflite.stages.quantize import BOX_ROUNDING, RANGES
+    rw = spec["rewritten"]
+    paths = quantize_with_backend("direct", rw["keras"], npy, rw["meta"], out / "equalize",
+                                  QuantizeOptions(equalize=True, ranges=RANGES,
+                                                  box_rounding=BOX_ROUNDING),
+                                  progress=lambda _m: None)
+    dst = out / FILES["equalize"]
+    shutil.move(str(paths["tflite_int8"]), dst)
+    return dst
+
+
+ROUTES: dict[str, Callable[..., Path]] = {"plain": _plain, "onnx2tf": _onnx2tf,
+                                          "equalize": _equalize}
 
 
 def child_convert(spec: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +187,7 @@ def child_convert(spec: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Any] = {}
     t0 = time.perf_counter()
-    if spec["peer"] == "onnx2tf":
+    if spec["peer"] in ("onnx2tf", "equalize"):
         cfg, model, meta, groups = _rewritten(spec, out, steps)
     else:
         cfg, model, meta, groups = _parse_and_build(spec, steps)
@@ -324,7 +345,7 @@ def bench_peers(name: str, conf: dict[str, Any], params: dict[str, Any],
                 log: Callable[[str], None], annotations: str | None) -> dict[str, Any]:
     """``models.<name>.peers``: {shipped, plain, onnx2tf} with FIELDS each, plus how they
     were measured."""
-    want = [p for p in PEERS if p in args.peers]
+    want = [p for p in PEERS if p in args.peers and p in conf.get("peers", PEERS)]
     folder = Path(shipped["int8"]).parent
     plan = json.loads(Path(shipped["plan"]).read_text(encoding="utf-8"))
     peers: dict[str, dict[str, Any]] = {p: dict.fromkeys(FIELDS) for p in want}
@@ -344,7 +365,7 @@ def bench_peers(name: str, conf: dict[str, Any], params: dict[str, Any],
                                "calibration_images": plan["calibration"]["image_names"],
                                "probe": shipped["probe"],
                                "probe_s": (cold_stages.get("probe") or {}).get("flow_s")
-                               if peer in ("onnx2tf", "plain") else None,
+                               if peer in ("onnx2tf", "plain", "equalize") else None,
                                "out": str(folder / peer)}, work, f"peer-{peer}")
         row = peers[peer]
         row.update({k: r.get(k) for k in ("convert_s", "size_bytes", "path", "steps",

@@ -89,6 +89,9 @@ NAMES = REPO / "cfg" / "coco.names"
 #: "coco" = the shared COCO photos, calibrated on one half, evaluated (AP) on the other half;
 #: an int N = a temp folder with the first N COCO photos (sorted), no annotations (generated
 #: weights detect nothing), the pipeline holds one of them out for evaluation.
+#: ``peers``: which of peers.PEERS the model is measured against (default all; the big
+#: generated-weights models only against the plain conversion: no AP to compare, and the
+#: onnx2tf route would add many minutes).
 #: stages re-run alone in a child process by default; quantize is measured in the quantize
 #: rerun instead (it runs first in a fresh process there), which saves repeating it.
 ISOLATE = ("parse", "build", "parity", "probe", "rewrite", "evaluate", "report")
@@ -104,11 +107,13 @@ MODELS: dict[str, dict[str, Any]] = {
     # cores, so 2 calibration images and 1 evaluation image; only the probe is re-run
     # isolated (for a like-for-like probe-vs-layers comparison with yolov4-tiny).
     "yolov4": {"cfg": REPO / "cfg" / "yolov4.cfg", "weights": None,
-               "calibration": 3, "calibration_limit": 2, "isolate": ("probe",)},
+               "calibration": 3, "calibration_limit": 2, "isolate": ("probe",),
+               "peers": ("shipped", "plain")},
     # Scaled-YOLOv4 size (512x512 letterbox, 175 layers, mish, new_coords heads): the same
     # small calibration as yolov4, for the per-stage time and peak memory of a big model
     "yolov4-csp": {"cfg": REPO / "cfg" / "yolov4-csp.cfg", "weights": None,
-                   "calibration": 3, "calibration_limit": 2, "isolate": ("probe",)},
+                   "calibration": 3, "calibration_limit": 2, "isolate": ("probe",),
+                   "peers": ("shipped", "plain")},
 }
 
 #: figures the issue asks about (reported as met / missed, never asserted)

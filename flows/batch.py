@@ -162,7 +162,7 @@ def _one_line(exc: Any) -> str:
 def batch(source: str, out: str, calibration: Optional[str] = None,
           store: Optional[str] = None, names: Optional[str] = None,
           input_type: Literal["uint8", "int8"] = "uint8", calibration_limit: int = 500,
-          float_fallback: int = 0, channel_split: float = MAC_BUDGET,
+          float_fallback: int = 0, channel_split: float = MAC_BUDGET, equalize: bool = False,
           calibration_mirror: int = MIRROR_BELOW, variants: str = "",
           backend: Literal["direct", "onnx2tf", "both"] = "direct",
           eval_annotations: Optional[str] = None, eval_images: Optional[str] = None,
@@ -176,7 +176,8 @@ def batch(source: str, out: str, calibration: Optional[str] = None,
     defaults = {k: v for k, v in dict(
         calibration=calibration, names=names, input_type=input_type,
         calibration_limit=calibration_limit, float_fallback=float_fallback,
-        channel_split=channel_split, calibration_mirror=calibration_mirror, variants=variants,
+        channel_split=channel_split, equalize=equalize, calibration_mirror=calibration_mirror,
+        variants=variants,
         backend=backend, eval_annotations=eval_annotations, eval_images=eval_images,
         images=images, target=target, allow_approximate=allow_approximate,
         npu_only=npu_only).items() if v is not None}

@@ -17,7 +17,7 @@ from darknet2tflite.options import value
 
 from ._common import TASK_OPTIONS, artifact, log, run_stage
 from darknet2tflite.stages.quantize import (
-    BOX_ROUNDING, EQUALIZE, INT8_OPTIONS, RANGES, quantize_int8_stage, quantize_variant_stage)
+    BOX_ROUNDING, INT8_OPTIONS, RANGES, quantize_int8_stage, quantize_variant_stage)
 
 STAGE = "quantize"
 
@@ -38,9 +38,11 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
         from darknet2tflite.int8.box_rounding import SCARCITY  # the damping rule: small sets change
         options.update({k: value(p, k) for k in INT8_OPTIONS})
         options.update(ranges=RANGES, box_rounding=BOX_ROUNDING, box_scarcity=SCARCITY)
-        if EQUALIZE:  # keys of conversions without it stay as they were
+        if value(p, "equalize"):  # keys of conversions without it stay as they were
             from darknet2tflite.int8.equalize import ALPHAS, MAX_ERROR_RATIO
             options.update(equalize=[list(ALPHAS), MAX_ERROR_RATIO])
+        else:
+            options.pop("equalize", None)
     return inputs, options
 
 
@@ -48,6 +50,7 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
 def quantize(cfg: str, rewrite: dict, calibration: str, mode: str = "int8",
              calibration_limit: int | None = 500, input_type: str = "uint8",
              float_fallback: int = 0, channel_split: float | None = None,
+             equalize: bool = False,
              calibration_mirror: int | None = None, backend: str = "direct", fold: int = 1,
              eval_images: str | None = None, eval_annotations: str | None = None,
              plan: dict | None = None,

@@ -28,6 +28,7 @@ def test_bench_run_writes_the_documented_json(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--models", "yolov3-tiny",
          "--isolate", "none", "--latency-runs", "3", "--photos", "6", "--keep",
+         "--peers", "shipped,plain,onnx2tf",
          "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -18,7 +18,7 @@ converter reproduces them exactly; only these few output channels (4 per anchor)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,6 +35,8 @@ DAMPING = 0.01
 #: other photos (yolov4-tiny, 1 photo: box error 1.23x nearest); the damping then grows as
 #: SCARCITY * (inputs / samples)^2, which leaves sets of 16 photos and more unchanged
 SCARCITY = 0.11
+#: input vectors per photo entering a covariance (evenly spaced output positions)
+MAX_ROWS = 4096
 #: model outputs whose feeding convolution is rounded this way (rewrites/head_split.py names)
 BOX_SUFFIX = "_box"
 
@@ -124,55 +126,102 @@ def box_convs(model: Any) -> list[Any]:
     return found
 
 
-def round_box_weights(model: Any, images: "np.ndarray", max_images: int = STAT_IMAGES,
-                      progress: Progress | None = None) -> tuple[Any, BoxRoundingReport]:
-    """(copy of ``model`` whose box convolutions hold error-feedback rounded int8 weights,
-    report); ``model`` itself is left alone. Without box outputs or images: (model, empty)."""
+def _patches(x: "np.ndarray", conv: Any) -> "np.ndarray":
+    """The conv's input vectors, one row per output position: (positions, kh * kw * C) in the
+    kernel's (kh, kw, C) order, with the conv's own zero padding."""
+    import numpy as np
+    kh, kw = conv.kernel_size
+    sh, sw = conv.strides
+    if (kh, kw) == (1, 1) and (sh, sw) == (1, 1):
+        return x.reshape(-1, x.shape[-1])
+    if conv.get_config().get("padding") == "same":
+        pads = []
+        for size, k, st in ((x.shape[1], kh, sh), (x.shape[2], kw, sw)):
+            total = max((-(-size // st) - 1) * st + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    n, h, w, c = x.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    cols = [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+    return np.concatenate(cols, axis=-1).reshape(-1, kh * kw * c)
+
+
+def round_conv_weights(model: Any, convs: list[Any], images: "np.ndarray",
+                       max_images: int = STAT_IMAGES, max_rows: int = MAX_ROWS
+                       ) -> tuple[Any, BoxRoundingReport]:
+    """(copy of ``model`` whose ``convs`` (ungrouped) hold error-feedback rounded int8
+    weights, report); ``model`` itself is left alone. Without convs or images: (model, empty).
+    At most ``max_rows`` input vectors per photo enter a covariance (evenly spaced output
+    positions): a 104x104 map gives 10816, far more than its inputs need."""
     import keras
     import numpy as np
     report = BoxRoundingReport()
-    convs = box_convs(model)
     stats = np.asarray(images[:max_images], dtype=np.float32)
     if not convs or len(stats) == 0:
         return model, report
     report.images = len(stats)
-    # convolutions of one head read the same tensor: one covariance per input tensor
-    inputs: dict[int, Any] = {}
+    # convolutions reading the same tensor with the same window share one covariance
+    def key(conv: Any) -> tuple:
+        return (id(conv.input), tuple(conv.kernel_size), tuple(conv.strides),
+                conv.get_config().get("padding"))
+    first: dict[tuple, Any] = {}
     for conv in convs:
-        inputs.setdefault(id(conv.input), conv.input)
-    keys = list(inputs)
-    probe = keras.Model(model.inputs, [inputs[k] for k in keys])
-    moments = [0.0] * len(keys)
-    count = [0] * len(keys)
+        first.setdefault(key(conv), conv)
+    tensors: dict[int, Any] = {}
+    for conv in first.values():
+        tensors.setdefault(id(conv.input), conv.input)
+    order = list(tensors)
+    probe = keras.Model(model.inputs, [tensors[k] for k in order])
+    moments: dict[tuple, Any] = {k: 0.0 for k in first}
+    count = dict.fromkeys(first, 0)
     for start in range(0, len(stats), 8):
         outs = probe(stats[start:start + 8], training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        for i, o in enumerate(outs):
-            x = np.asarray(o, dtype=np.float64).reshape(-1, o.shape[-1])
-            moments[i] = moments[i] + x.T @ x
-            count[i] += len(x)
-    hessian = {k: moments[i] / count[i] for i, k in enumerate(keys)}
-    samples = dict(zip(keys, count))
+        by_tensor = dict(zip(order, outs))
+        for k, conv in first.items():
+            o = np.asarray(by_tensor[id(conv.input)], dtype=np.float32)
+            for b in range(len(o)):
+                x = _patches(o[b:b + 1], conv)
+                if len(x) > max_rows:
+                    x = x[np.linspace(0, len(x) - 1, max_rows).astype(int)]
+                x = x.astype(np.float64)
+                moments[k] = moments[k] + x.T @ x
+                count[k] += len(x)
     new = keras.models.clone_model(model)
     new.set_weights(model.get_weights())
     for conv in convs:
-        h = hessian[id(conv.input)]
+        k = key(conv)
+        h = moments[k] / count[k]
         kernel, *rest = conv.get_weights()
-        damp = damping(len(h), samples[id(conv.input)])
-        q = feedback_round(kernel[0, 0], h, damp)
-        w = kernel[0, 0].astype(np.float64)
+        flat = kernel.reshape(-1, kernel.shape[-1])
+        damp = damping(len(h), count[k])
+        q = feedback_round(flat, h, damp)
+        w = flat.astype(np.float64)
         # per output channel: E[(dW x)^2] over the statistics images; the converter's scale
         # is float32, as the kernel
         e_plain, e_fb = (np.einsum("ic,ij,jc->c", d, h, d)
-                         for d in (nearest(w, channel_scale(kernel[0, 0])) - w, q - w))
-        new.get_layer(conv.name).set_weights([q[None, None]] + rest)
+                         for d in (nearest(w, channel_scale(flat)) - w, q - w))
+        new.get_layer(conv.name).set_weights([q.reshape(kernel.shape)] + rest)
         report.layers[conv.name] = {
             "output_mse_nearest": float(e_plain.mean()),
             "output_mse_feedback": float(e_fb.mean()),
             "ratio": round(float(e_fb.sum() / max(e_plain.sum(), 1e-30)), 3),
             "damping": round(damp, 4)}
-    if progress:
-        progress(f"int8: box weights rounded with error feedback: {describe(report.to_dict())}")
+    return new, report
+
+
+def round_box_weights(model: Any, images: "np.ndarray", max_images: int = STAT_IMAGES,
+                      progress: Progress | None = None, extra: Sequence[str] = (),
+                      boxes: bool = True) -> tuple[Any, BoxRoundingReport]:
+    """(copy of ``model`` whose box convolutions (with ``boxes``) and the ``extra`` named ones
+    hold error-feedback rounded int8 weights, report); ``model`` itself is left alone."""
+    convs = box_convs(model) if boxes else []
+    names = {c.name for c in convs}
+    convs += [model.get_layer(n) for n in extra if n not in names]
+    new, report = round_conv_weights(model, convs, images, max_images)
+    if progress and report.layers:
+        progress(f"int8: weights rounded with error feedback: {describe(report.to_dict())}")
     return new, report
 
 
@@ -183,6 +232,6 @@ def describe(report: dict[str, Any]) -> str:
         return "not applied (no box outputs)"
     nearest_mse = sum(v["output_mse_nearest"] for v in layers.values())
     feedback_mse = sum(v["output_mse_feedback"] for v in layers.values())
-    return (f"{len(layers)} head convolution(s); box output error from int8 weights "
+    return (f"{len(layers)} convolution(s); output error from int8 weights "
             f"{100 * feedback_mse / max(nearest_mse, 1e-30):.0f} % of nearest rounding "
             f"on the {report.get('images', 0)} calibration images it was fitted to")

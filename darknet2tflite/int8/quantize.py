@@ -68,8 +68,9 @@ class QuantizeOptions:
     calibration_mirror: int = BY_NAME["calibration_mirror"].default
     #: round the heads' box weights with error feedback (box_rounding.py)
     box_rounding: bool = True
-    #: equalize outlier channel ranges into the consumers' weights (equalize.py)
-    equalize: bool = True
+    #: equalize outlier channel ranges into the consumers' weights (equalize.py) instead of
+    #: splitting channels: with it the channel split does not run
+    equalize: bool = BY_NAME["equalize"].default
 
     def validate(self) -> None:
         check_options(asdict(self))
@@ -131,16 +132,21 @@ def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
         with log.timed("range equalization statistics", min(n, EQ_IMAGES)):
             model, eq = equalize_ranges(model, images, progress=progress)
         log.transforms["equalize"] = eq.to_dict()
-    if opts.channel_split > 0:
+    if opts.channel_split > 0 and not opts.equalize:  # alternatives: the split would undo
         with log.timed("channel split statistics", min(n, SPLIT_IMAGES)):
             model, split = split_outlier_channels(model, images, budget=opts.channel_split,
                                                   progress=progress)
     else:
         model, split = split_outlier_channels(model, images, budget=0.0)
     boxes: dict[str, Any] = {}
-    if opts.box_rounding:  # after the split: the box convolutions read its copied channels
-        with log.timed("box rounding statistics", min(n, BOX_IMAGES)):
-            model, box_report = round_box_weights(model, images, progress=progress)
+    # equalization moved range into its consumers' weights: they are rounded with error
+    # feedback too, which takes back much of the weight precision it cost them
+    consumers = [c for v in log.transforms.get("equalize", {}).get("layers", {}).values()
+                 for c in v["consumers"]]
+    if opts.box_rounding or consumers:  # after the split: box convs read its copied channels
+        with log.timed("error-feedback rounding statistics", min(n, BOX_IMAGES)):
+            model, box_report = round_box_weights(model, images, progress=progress,
+                                                  extra=consumers, boxes=opts.box_rounding)
         boxes = box_report.to_dict()
     mirrored = mirrored_count(n, opts.calibration_mirror)
     progress(f"int8: calibrating on {n} images" + (f" + {mirrored} mirrored" if mirrored else ""))

@@ -14,12 +14,12 @@ from darknet2tflite.options import check as check_options, value
 
 from darknet2tflite.stages.payload import artifact, Progress, quiet
 RANGES = "mse"
-#: QuantizeOptions.box_rounding / .equalize as this stage runs them (in the cache key too)
+#: QuantizeOptions.box_rounding as this stage runs it (in the cache key too)
 BOX_ROUNDING = True
-EQUALIZE = True
 #: the convert options (options.py) an int8 conversion depends on: in its cache key and
 #: its QuantizeOptions (backend: which route runs them)
-INT8_OPTIONS = ("input_type", "float_fallback", "backend", "channel_split", "calibration_mirror")
+INT8_OPTIONS = ("input_type", "float_fallback", "backend", "channel_split", "equalize",
+                "calibration_mirror")
 
 
 def _plan_and_calibrate(cfg: str, calibration: str, eval_images: str | None,
@@ -98,8 +98,7 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path, progress: Progress = qu
                 progress(f"cross-calibration fold {fold}: int8 model calibrated without the "
                     f"{len(plan['eval'])} photos it will score")
             opts = QuantizeOptions(**{k: value(p, k) for k in INT8_OPTIONS if k != "backend"},
-                                   ranges=RANGES, box_rounding=BOX_ROUNDING,
-                                   equalize=EQUALIZE)
+                                   ranges=RANGES, box_rounding=BOX_ROUNDING)
             if fold != 1:
                 # the fallback model and the per-layer debugger table (~8 s) are deliverables
                 # of the shipped fold only: nothing reads the swapped fold's
