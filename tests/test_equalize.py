@@ -2,6 +2,8 @@
 its error model only where it pays, and lowering the int8 error it exists for."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -127,3 +129,29 @@ def test_yolov4_tiny_int8_error_drops_where_the_scaled_range_is_read(v4):
             e.append(float(((q - ref) ** 2).mean() / (ref ** 2).mean()))
         errs[equalize] = float(np.mean(e))
     assert errs[True] < 0.9 * errs[False], errs
+
+
+def test_equalize_option_through_the_quantize_stage(v4, yolov4_tiny, coco_images, tmp_path):
+    """``--equalize`` as the quantize stage runs it: the int8 model keeps the float model's
+    channel counts (no split copies: the plain graph's MACs), says what was equalized and
+    rounded, and records the equalization pass."""
+    from darknet2tflite.int8.calibration import calibrate
+    from darknet2tflite.int8.quantize import QuantizeOptions, build_int8_model, quantize
+    cfg_path, w_path = yolov4_tiny
+    arts = build_int8_model(cfg_path, w_path, tmp_path / "build", progress=lambda _m: None)
+    npy = calibrate(cfg_path, coco_images, tmp_path / "c.npy", 24, progress=None).npy
+    res = quantize(arts["keras"], npy, arts["meta"], tmp_path / "q",
+                   QuantizeOptions(equalize=True, debug_images=0), progress=lambda _m: None)
+    assert res.integer_check["full_integer"]
+    assert not res.channel_split["layers"] and "L000_conv" in res.equalize["layers"]
+    # the consumers of every equalized layer were rounded with error feedback
+    consumers = {c for v in res.equalize["layers"].values() for c in v["consumers"]}
+    assert consumers <= set(res.box_rounding["layers"])
+    assert "range equalization statistics" in [p["pass"] for p in res.passes["passes"]]
+    meta = json.loads((tmp_path / "q" / "model.json").read_text())
+    assert meta["quantization"]["equalized"] == sorted(res.equalize["layers"])
+    from darknet2tflite.tflite.export import interpreter
+    it = interpreter(tmp_path / "q" / "model.int8.tflite")
+    layer0 = [d["shape"][-1] for d in it.get_tensor_details()
+              if "L000_leaky" in d["name"] and len(d["shape"]) == 4]
+    assert layer0 == [32]           # the split would make it 63

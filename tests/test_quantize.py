@@ -166,6 +166,31 @@ def test_yolov4_tiny_report_complete(v4_run):
     _check_report(*v4_run)
 
 
+def test_yolov4_tiny_calibration_passes_are_counted(v4_run):
+    """report.json counts every pass over the calibration photos with its cost, against the
+    floor of one float pass per photo, and the same passes are in quantize.json."""
+    out, report = v4_run
+    conv = report["conversion"]
+    ps = conv["passes"]
+    names = [p["pass"] for p in ps["passes"]]
+    for expected in ("channel split statistics", "error-feedback rounding statistics",
+                     "calibrator: which tensors need ranges", "min/max ranges",
+                     "histograms for the MSE ranges", "QuantizationDebugger per-layer error"):
+        assert expected in names, names
+    by = {p["pass"]: p for p in ps["passes"]}
+    # the range pass sees every calibration photo and its mirrored copy (43 < 50)
+    assert by["min/max ranges"]["images"] == conv["calibration_images"] + conv["mirrored_images"]
+    assert all(p["seconds"] >= 0 and p["images"] > 0 for p in ps["passes"])
+    assert ps["seconds_total"] == pytest.approx(sum(p["seconds"] for p in ps["passes"]), abs=0.05)
+    floor = ps["floor"]
+    assert floor["images"] == conv["calibration_images"] and floor["seconds"] > 0
+    assert ps["passes_over_floor"] == pytest.approx(ps["seconds_total"] / floor["seconds"],
+                                                    rel=0.02)
+    q = json.loads((out / "quantize.json").read_text())
+    assert [p["pass"] for p in q["passes"]["passes"]] == names
+    assert "passes over the calibration photos" in (out / "report.md").read_text()
+
+
 @pytest.mark.slow
 def test_yolov4_tiny_split_heads_are_exact(v4_run, yolov4_tiny, coco_images):
     """The head split changes layout only: concat(split outputs) == unsplit raw head."""
