@@ -316,9 +316,11 @@ def keep_shipped(cold: dict[str, Any], folder: Path) -> dict[str, Any]:
     q = cold["payloads"]["quantize"]["artifacts"]
     rw = cold["payloads"]["rewrite"]["artifacts"]
     src = {"int8": q["tflite_int8"], "meta": q["meta"], "plan": q["plan"],
+           "quantize": q["quantize"],
            "float32": rw["tflite_float32"],
            "probe": cold["payloads"]["probe"]["artifacts"]["probe"]}
     names = {"int8": FILES["shipped"], "meta": "model.json", "plan": "plan.json",
+             "quantize": "quantize.json",
              "float32": "model.float32.tflite", "probe": "probe.json"}
     kept = {}
     for k, p in src.items():

@@ -61,6 +61,8 @@ def _check_run(doc: dict, stdout: str) -> None:
     assert all(rerun["states"][s] == "Cached" for s in STAGES[:5])
     assert not set(rerun["produced"]) & set(STAGES[:5])
     assert "orchestration" in doc and "targets" in doc
+    passes = m["passes"]  # the shipped conversion's passes over the calibration photos
+    assert passes["passes"] and passes["floor"]["seconds"] > 0 and passes["passes_over_floor"] > 1
     _check_peers(m, stdout)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from darknet2tflite.int8.box_rounding import (QMAX, box_convs, feedback_round,  # noqa: E402
-                                         nearest, round_box_weights)
+from darknet2tflite.int8.box_rounding import (  # noqa: E402
+    QMAX, _patches, box_convs, feedback_round, feedback_round_layer, nearest, round_box_weights)
 
 
 def _on_grid(q: np.ndarray, w: np.ndarray) -> None:
@@ -32,6 +32,35 @@ def test_feedback_rounding_stays_on_the_converters_grid() -> None:
     err = lambda d: float(np.einsum("ic,ij,jc->", d, h, d))  # noqa: E731
     scale = np.abs(w).max(axis=0) / QMAX
     assert err(q - w) < 0.7 * err(nearest(w.astype(np.float64), scale) - w)
+
+
+def test_whole_layer_rounding_stays_on_the_grid_and_matches_per_channel() -> None:
+    """One input order for all outputs (what makes 256-output layers affordable) keeps each
+    channel's largest weight on +-127 and cuts the output error about as much as an order
+    per channel."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_t(3, size=(96, 40)).astype(np.float32)
+    x = rng.normal(size=(4000, 96)) @ rng.normal(size=(96, 96)) + 0.5
+    h = x.T @ x / len(x)
+    q = feedback_round_layer(w, h)
+    _on_grid(q, w)
+    err = lambda d: float(np.einsum("ic,ij,jc->", d, h, d))  # noqa: E731
+    scale = np.abs(w).max(axis=0) / QMAX
+    plain = err(nearest(w.astype(np.float64), scale) - w)
+    assert err(q - w) < 0.7 * plain
+    assert err(q - w) < 1.25 * err(feedback_round(w, h) - w)
+
+
+def test_patches_are_the_convolutions_inputs() -> None:
+    """Input vectors of a strided 3x3 'same' convolution, in the kernel's (kh, kw, C) order:
+    their dot product with the flattened kernel is the convolution."""
+    rng = np.random.default_rng(2)
+    conv = keras.layers.Conv2D(5, 3, strides=2, padding="same", use_bias=False)
+    x = rng.normal(size=(1, 9, 9, 4)).astype(np.float32)
+    y = np.asarray(conv(x))
+    k = conv.get_weights()[0]
+    np.testing.assert_allclose(_patches(x, conv) @ k.reshape(-1, 5), y.reshape(-1, 5),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_uncorrelated_inputs_leave_nothing_to_feed_back() -> None:

@@ -103,6 +103,37 @@ def feedback_round(kernel: "np.ndarray", hessian: "np.ndarray", damp: float = DA
     return out.astype(np.float32)
 
 
+def feedback_round_layer(kernel: "np.ndarray", hessian: "np.ndarray", damp: float = DAMPING
+                         ) -> "np.ndarray":
+    """:func:`feedback_round` for a whole layer at once: one input order for every output
+    channel (largest second moment first), so one Cholesky factor serves them all and each
+    step updates every channel together -- what makes layers with hundreds of outputs
+    affordable (512 inputs x 64 outputs: ~0.1 s instead of about a minute). Each channel's
+    largest weight is already on its grid point (+-127 steps) and is held there (never
+    updated), so the converter derives the same scale and keeps the weights exactly."""
+    import numpy as np
+    w = np.asarray(kernel, dtype=np.float64).copy()
+    n_in, n_out = w.shape
+    scale = channel_scale(w)[0]
+    h = np.asarray(hessian, dtype=np.float64)
+    h = h + np.eye(n_in) * damp * max(float(np.mean(np.diag(h))), 1e-12)
+    order = np.argsort(-np.diag(h), kind="stable")
+    w = w[order]
+    held = np.zeros_like(w, dtype=bool)
+    held[np.argmax(np.abs(w), axis=0), np.arange(n_out)] = True
+    pinned = w[held]
+    u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(order, order)])).T
+    q = np.empty_like(w)
+    for i in range(n_in):
+        q[i] = nearest(w[i], scale)
+        if i + 1 < n_in:
+            w[i + 1:] -= np.outer(u[i, i + 1:] / u[i, i], w[i] - q[i])
+            w[held] = pinned
+    out = np.empty_like(q)
+    out[order] = q
+    return out.astype(np.float32)
+
+
 def box_convs(model: Any) -> list[Any]:
     """The 1x1, ungrouped, linear convolutions that feed a model output named ``*_box``,
     directly or through an elementwise Darknet activation (logistic heads): their output,
@@ -148,12 +179,14 @@ def _patches(x: "np.ndarray", conv: Any) -> "np.ndarray":
 
 
 def round_conv_weights(model: Any, convs: list[Any], images: "np.ndarray",
-                       max_images: int = STAT_IMAGES, max_rows: int = MAX_ROWS
-                       ) -> tuple[Any, BoxRoundingReport]:
+                       max_images: int = STAT_IMAGES, max_rows: int = MAX_ROWS,
+                       per_channel: Sequence[str] = ()) -> tuple[Any, BoxRoundingReport]:
     """(copy of ``model`` whose ``convs`` (ungrouped) hold error-feedback rounded int8
     weights, report); ``model`` itself is left alone. Without convs or images: (model, empty).
     At most ``max_rows`` input vectors per photo enter a covariance (evenly spaced output
-    positions): a 104x104 map gives 10816, far more than its inputs need."""
+    positions): a 104x104 map gives 10816, far more than its inputs need. The ``per_channel``
+    named convs get :func:`feedback_round` (an input order per output channel: the box
+    convolutions, 4 outputs each), the others :func:`feedback_round_layer`."""
     import keras
     import numpy as np
     report = BoxRoundingReport()
@@ -196,7 +229,8 @@ def round_conv_weights(model: Any, convs: list[Any], images: "np.ndarray",
         kernel, *rest = conv.get_weights()
         flat = kernel.reshape(-1, kernel.shape[-1])
         damp = damping(len(h), count[k])
-        q = feedback_round(flat, h, damp)
+        rounding = feedback_round if conv.name in per_channel else feedback_round_layer
+        q = rounding(flat, h, damp)
         w = flat.astype(np.float64)
         # per output channel: E[(dW x)^2] over the statistics images; the converter's scale
         # is float32, as the kernel
@@ -219,7 +253,8 @@ def round_box_weights(model: Any, images: "np.ndarray", max_images: int = STAT_I
     convs = box_convs(model) if boxes else []
     names = {c.name for c in convs}
     convs += [model.get_layer(n) for n in extra if n not in names]
-    new, report = round_conv_weights(model, convs, images, max_images)
+    new, report = round_conv_weights(model, convs, images, max_images,
+                                     per_channel=[c.name for c in box_convs(model)])
     if progress and report.layers:
         progress(f"int8: weights rounded with error feedback: {describe(report.to_dict())}")
     return new, report

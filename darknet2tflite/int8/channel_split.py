@@ -9,8 +9,9 @@ weights and bias divided by k, the consumer's input weights duplicated) is exact
 activations with f(x/k) = f(x)/k (linear, relu, leaky) and pass-through ops that commute with
 the scaling (zero padding, max pooling), shrinks the tensor's range, and costs neither weight
 precision (per-channel weight scales scale with the weights) nor any new op kind: only extra
-channels. Cross-layer equalization, the usual alternative, moves the same error into the
-consumer's weights (measured worse, docs/int8.md).
+channels. Cross-layer range equalization (equalize.py, ``--equalize``) is the MAC-free
+alternative; it moves part of the error into the consumer's weights and measured worse on
+held-out AP50 (docs/int8.md, "Range equalization").
 
 The cost is bounded by budgets of extra multiply-accumulates and extra weights relative to
 the whole model.
