@@ -186,6 +186,8 @@ def test_yolov4_tiny_calibration_passes_are_counted(v4_run):
     assert floor["images"] == conv["calibration_images"] and floor["seconds"] > 0
     assert ps["passes_over_floor"] == pytest.approx(ps["seconds_total"] / floor["seconds"],
                                                     rel=0.02)
+    # the swapped fold (evaluation photos are calibration photos here) is counted apart
+    assert ps["fold2"]["seconds"] > 0 and ps["fold2"]["passes"]
     q = json.loads((out / "quantize.json").read_text())
     assert [p["pass"] for p in q["passes"]["passes"]] == names
     assert "passes over the calibration photos" in (out / "report.md").read_text()

@@ -102,7 +102,10 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path,
                 f"{p['pass']} {p['images']} photos {p['seconds']:.1f} s" for p in ps["passes"])
                 + (f"; {ps['seconds_total']:.1f} s in all, {ps['passes_over_floor']}x the floor "
                    f"of one float pass per photo ({floor['seconds']:.1f} s)"
-                   if ps.get("passes_over_floor") else ""))
+                   if ps.get("passes_over_floor") else "")
+                + (f"; the swapped calibration fold (for the evaluation only) converted in "
+                   f"{ps['fold2']['seconds']:.1f} s more" if (ps.get("fold2") or {}).get("seconds")
+                   else ""))
         if chk:
             L.append(f"- integer I/O: input {chk['input']['dtype']}, scale "
                      f"{chk['input']['scale']:.9g}, zero point {chk['input']['zero_point']}; "

@@ -44,6 +44,13 @@ def evaluate_stage(p: Mapping[str, Any], out: Path, progress: Progress = quiet
              "tflite_int8": artifact(q, "tflite_int8"), "meta": artifact(q, "meta"),
              **{f"tflite_{k}": v for k, v in extra.items()}}
     report = assemble_report(p["cfg"], qres, calib, ev, files, plan["warnings"])
+    cross_q = read_json(artifact(p.get("cross"), "quantize")) if cross else None
+    if cross_q and report["conversion"].get("passes"):
+        # the swapped fold is a whole second conversion: its passes, for the evaluation only
+        report["conversion"]["passes"]["fold2"] = {
+            "seconds": cross_q.get("seconds"),
+            "seconds_total": (cross_q.get("passes") or {}).get("seconds_total"),
+            "passes": (cross_q.get("passes") or {}).get("passes", [])}
     backends = read_json(artifact(q, "backends"))
     if backends:
         report["backends"] = {k: backends.get(k) for k in
