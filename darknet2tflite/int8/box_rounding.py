@@ -77,60 +77,38 @@ def damping(inputs: int, samples: int) -> float:
     return min(1.0, max(DAMPING, SCARCITY * (inputs / max(samples, 1)) ** 2))
 
 
-def feedback_round(kernel: "np.ndarray", hessian: "np.ndarray", damp: float = DAMPING
-                   ) -> "np.ndarray":
+def feedback_round(kernel: "np.ndarray", hessian: "np.ndarray", damp: float = DAMPING,
+                   shared_inverse: bool = False) -> "np.ndarray":
     """``kernel`` (inputs, outputs) rounded to the int8 grid of each output channel (scale
     max|w| / 127) with error feedback through ``hessian`` (the inputs' second moment),
-    ``damp`` times its mean diagonal added to its diagonal."""
+    ``damp`` times its mean diagonal added to its diagonal.
+
+    ``shared_inverse``: invert the damped matrix once and permute the inverse per channel
+    (the inverse of a permuted matrix is the permuted inverse) instead of inverting per
+    channel: the same rounding up to float round-off, half the time for layers with many
+    outputs (the equalized layers' consumers). The box convolutions keep the per-channel
+    inversion their figures were measured with."""
     import numpy as np
     w = np.asarray(kernel, dtype=np.float64)
     n_in, n_out = w.shape
     scale = channel_scale(w)[0]
     h = np.asarray(hessian, dtype=np.float64)
     h = h + np.eye(n_in) * damp * max(float(np.mean(np.diag(h))), 1e-12)
+    h_inv = np.linalg.inv(h) if shared_inverse else None
     out = np.empty_like(w)
     for c in range(n_out):
         order = np.argsort(-np.abs(w[:, c]), kind="stable")  # largest first: stays at +-127
         # upper Cholesky factor of the inverse: row i holds how the still unrounded weights
         # absorb weight i's rounding error
-        u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(order, order)])).T
+        inv = h_inv[np.ix_(order, order)] if h_inv is not None else \
+            np.linalg.inv(h[np.ix_(order, order)])
+        u = np.linalg.cholesky(inv).T
         v = w[order, c].copy()
         q = np.empty(n_in)
         for i in range(n_in):
             q[i] = nearest(v[i], scale[c])
             v[i + 1:] -= (v[i] - q[i]) / u[i, i] * u[i, i + 1:]
         out[order, c] = q
-    return out.astype(np.float32)
-
-
-def feedback_round_layer(kernel: "np.ndarray", hessian: "np.ndarray", damp: float = DAMPING
-                         ) -> "np.ndarray":
-    """:func:`feedback_round` for a whole layer at once: one input order for every output
-    channel (largest second moment first), so one Cholesky factor serves them all and each
-    step updates every channel together -- what makes layers with hundreds of outputs
-    affordable (512 inputs x 64 outputs: ~0.1 s instead of about a minute). Each channel's
-    largest weight is already on its grid point (+-127 steps) and is held there (never
-    updated), so the converter derives the same scale and keeps the weights exactly."""
-    import numpy as np
-    w = np.asarray(kernel, dtype=np.float64).copy()
-    n_in, n_out = w.shape
-    scale = channel_scale(w)[0]
-    h = np.asarray(hessian, dtype=np.float64)
-    h = h + np.eye(n_in) * damp * max(float(np.mean(np.diag(h))), 1e-12)
-    order = np.argsort(-np.diag(h), kind="stable")
-    w = w[order]
-    held = np.zeros_like(w, dtype=bool)
-    held[np.argmax(np.abs(w), axis=0), np.arange(n_out)] = True
-    pinned = w[held]
-    u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(order, order)])).T
-    q = np.empty_like(w)
-    for i in range(n_in):
-        q[i] = nearest(w[i], scale)
-        if i + 1 < n_in:
-            w[i + 1:] -= np.outer(u[i, i + 1:] / u[i, i], w[i] - q[i])
-            w[held] = pinned
-    out = np.empty_like(q)
-    out[order] = q
     return out.astype(np.float32)
 
 
@@ -185,8 +163,8 @@ def round_conv_weights(model: Any, convs: list[Any], images: "np.ndarray",
     weights, report); ``model`` itself is left alone. Without convs or images: (model, empty).
     At most ``max_rows`` input vectors per photo enter a covariance (evenly spaced output
     positions): a 104x104 map gives 10816, far more than its inputs need. The ``per_channel``
-    named convs get :func:`feedback_round` (an input order per output channel: the box
-    convolutions, 4 outputs each), the others :func:`feedback_round_layer`."""
+    named convs (the box convolutions) invert the covariance per output channel, the others
+    once (``feedback_round(shared_inverse=True)``)."""
     import keras
     import numpy as np
     report = BoxRoundingReport()
@@ -229,8 +207,7 @@ def round_conv_weights(model: Any, convs: list[Any], images: "np.ndarray",
         kernel, *rest = conv.get_weights()
         flat = kernel.reshape(-1, kernel.shape[-1])
         damp = damping(len(h), count[k])
-        rounding = feedback_round if conv.name in per_channel else feedback_round_layer
-        q = rounding(flat, h, damp)
+        q = feedback_round(flat, h, damp, shared_inverse=conv.name not in per_channel)
         w = flat.astype(np.float64)
         # per output channel: E[(dW x)^2] over the statistics images; the converter's scale
         # is float32, as the kernel
