@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/run.py [--models yolov4-tiny,yolov3-tiny,yolov4,yolov4-csp]
-                                  [--json OUT.json] [--peers shipped,plain,onnx2tf]
+                                  [--json OUT.json] [--peers shipped,plain,onnx2tf,equalize]
                                   [--photos N]   # quick: N photos, no AP (the tests use it)
 
 For each model, every measurement runs in its own child process (this script re-executed as
