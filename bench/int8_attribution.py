@@ -1,4 +1,4 @@
-"""Where does the int8 error of the heads come from?  (issue 4 analysis, prints only)
+"""Where does the int8 error of the heads come from?  (analysis, prints only)
 
 Calibrates yolov4-tiny exactly as the pipeline does (head split, MSE ranges) on one half of
 the shared COCO photos and measures, on the other half, the RMS error of objectness and w/h

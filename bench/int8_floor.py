@@ -3,7 +3,7 @@ luck carries over to other photos.
 
 Why: after the head split, MSE ranges, channel split and mirrored calibration, yolov4-tiny's
 held-out int8 AP50 loss (0.41 mean over six halvings, bench/int8_splits.py) is still above
-the issue's 0.3, and every further change measured since moved it by less than its own noise.
+the 0.3 target, and every further change measured since moved it by less than its own noise.
 Two questions decide whether more conversion work can close the gap (docs/int8.md, "The
 floor"):
 

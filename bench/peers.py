@@ -1,4 +1,4 @@
-"""Peers of the shipped int8 model for bench/run.py (issue 24): what the product's int8
+"""Peers of the shipped int8 model for bench/run.py: what the product's int8
 transforms are worth against the converters a user could run instead, measured in the same
 run, on the same photos and threads.
 

@@ -1,4 +1,4 @@
-"""Cost of every pipeline stage, cold vs cached, and of the int8 model (issue 8).
+"""Cost of every pipeline stage, cold vs cached, and of the int8 model.
 
 Usage::
 
@@ -116,7 +116,7 @@ MODELS: dict[str, dict[str, Any]] = {
                    "peers": ("shipped", "plain")},
 }
 
-#: figures the issue asks about (reported as met / missed, never asserted)
+#: targets the product is held to (reported as met / missed, never asserted)
 TARGETS = {"cached_fraction": 0.10, "probe_ratio": 3.0, "int8_speedup_1thread": 5.0,
            "conversion_s": 120.0}
 

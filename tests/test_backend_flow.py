@@ -1,4 +1,4 @@
-"""The convert flow with --backend both (issue 6): direct and onnx2tf int8 models, the
+"""The convert flow with --backend both: direct and onnx2tf int8 models, the
 winner shipped as model.int8.tflite, the other beside it, backends.json and the comparison
 in the report. One real yolov3-tiny run (split heads) against a Prefect test server."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bench/run.py keeps its published interface (issue 8): one real, reduced benchmark run.
+"""bench/run.py keeps its published interface: one real, reduced benchmark run.
 
 Only the JSON's structure and the run semantics are checked (every stage Cached on the second
 run, the quantize rerun recomputing nothing earlier); the figures themselves are never

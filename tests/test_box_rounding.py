@@ -9,7 +9,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from darknet2tflite.int8.box_rounding import (  # noqa: E402
-    QMAX, _patches, box_convs, feedback_round, nearest, round_box_weights)
+    QMAX, _patches, box_convs, feedback_round, feedback_round_layer, nearest,
+    per_channel_affordable, round_box_weights)
 
 
 def _on_grid(q: np.ndarray, w: np.ndarray) -> None:
@@ -45,6 +46,23 @@ def test_one_inverse_for_all_channels_rounds_the_same() -> None:
     scale = np.abs(w).max(axis=0) / QMAX
     same = np.isclose(q, feedback_round(w, h), rtol=0, atol=1e-3 * scale)
     assert same.mean() > 0.999     # a tie decided by the last bit may round the other way
+
+
+def test_one_order_for_a_large_layer_stays_on_the_grid_and_helps() -> None:
+    """Layers too large for a per-channel order (a 3x3 convolution over 512 channels) share
+    one: still the converter's grid (largest weight held at +-127), still a lower output error
+    than nearest rounding."""
+    assert per_channel_affordable(576, 64)           # yolov4-tiny's equalized consumers
+    assert not per_channel_affordable(3 * 3 * 512, 1024)
+    rng = np.random.default_rng(3)
+    w = rng.standard_t(3, size=(128, 48)).astype(np.float32)
+    x = rng.normal(size=(6000, 128)) @ rng.normal(size=(128, 128)) + 0.5
+    h = x.T @ x / len(x)
+    q = feedback_round_layer(w, h)
+    _on_grid(q, w)
+    err = lambda d: float(np.einsum("ic,ij,jc->", d, h, d))  # noqa: E731
+    scale = np.abs(w).max(axis=0) / QMAX
+    assert err(q - w) < 0.7 * err(nearest(w.astype(np.float64), scale) - w)
 
 
 def test_patches_are_the_convolutions_inputs() -> None:

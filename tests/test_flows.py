@@ -311,7 +311,7 @@ def test_evaluation_photos_among_calibration_photos_add_the_swapped_fold(
         first_run, base_params, work):
     """Evaluating on the calibration folder itself: the shipped model is calibrated without
     one half and scored on it, the fold-2 model without the other half, and the targets are
-    judged on AP over all annotated photos (issue 4: no int8 model scores its own
+    judged on AP over all annotated photos (no int8 model scores its own
     calibration photos)."""
     calib = base_params["calibration"]
     # own run name: its UI artifacts must not become the latest "yolov4-tiny-*" versions

@@ -1,4 +1,4 @@
-"""Calibrated full-integer int8 conversion + evaluation (issue 4), on real models and photos.
+"""Calibrated full-integer int8 conversion + evaluation, on real models and photos.
 
 The two full-pipeline runs (yolov4-tiny, yolov3-tiny on the shared COCO photos) are
 module fixtures shared by the checks below; the input-error tests need no conversion.
@@ -21,7 +21,7 @@ from darknet2tflite.images import load_rgb, preprocess
 
 REQUIRED_FILES = ("model.keras", "model.float32.tflite", "model.int8.tflite", "model.json",
                   "report.json", "report.md")
-#: regression guard (hard); the issue's targets (1.0 AP / 0.3 AP50) are checked separately
+#: regression guard (hard); the accuracy targets (1.0 AP / 0.3 AP50) are checked separately
 GUARD_AP_LOSS = 1.6
 GUARD_AP50_LOSS = 1.6
 
@@ -229,7 +229,7 @@ def test_yolov4_tiny_accuracy_guard(v4_run):
 
 @pytest.mark.slow
 def test_yolov4_tiny_accuracy_target(v4_run):
-    """Every photo scored by an int8 model calibrated without it (2-fold). The issue's
+    """Every photo scored by an int8 model calibrated without it (2-fold). The
     1.0 AP / 0.3 AP50 targets sit at the noise of 86 photos (docs/int8.md: 0.4-1.2 AP across
     calibration splits); this bound is what the pipeline holds on every split measured, so a
     real regression (e.g. losing the head split or MSE ranges: 1.5-3 AP) fails it."""
@@ -264,7 +264,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.slow
 def test_detect_cli_draws_the_same_objects_with_int8_and_float(v4_run, sample_images, tmp_path):
-    """The issue's `darknet2tflite detect MODEL.tflite IMAGE --out OUT.jpg`, on both written
+    """The documented `darknet2tflite detect MODEL.tflite IMAGE --out OUT.jpg`, on both written
     models: class names from the model's metadata, the int8 model finds what the float one
     finds (same labels, matching boxes), and the annotated image is the photo plus boxes."""
     out, _ = v4_run

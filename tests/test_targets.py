@@ -1,4 +1,4 @@
-"""Deployment targets (issue 22): models converted for TFLite Micro and an Ethos-U NPU and
+"""Deployment targets: models converted for TFLite Micro and an Ethos-U NPU and
 proven by the targets' own tools (the tflite-micro interpreter, Vela), a target that cannot
 be met refused before quantization, and the probe's tflm op list checked against TFLite
 Micro itself on every layer signature of every cfg in cfg/.

@@ -39,6 +39,11 @@ SCARCITY = 0.11
 MAX_ROWS = 4096
 #: model outputs whose feeding convolution is rounded this way (rewrites/head_split.py names)
 BOX_SUFFIX = "_box"
+#: a layer rounded in each output channel's own weight order costs one Cholesky factor per
+#: channel, inputs^3 / 3 flops each; above this many flops for the layer (~10 s here) one
+#: order serves all its channels (:func:`feedback_round_layer`), so a 3x3 convolution over
+#: 512 channels (4608 inputs x 1024 outputs: ~3e13 flops, hours) stays in seconds
+PER_CHANNEL_MAX_FLOPS = 2e11
 
 Progress = Callable[[str], None]
 
@@ -47,7 +52,7 @@ Progress = Callable[[str], None]
 class BoxRoundingReport:
     """Per rounded layer: its output's mean squared error from int8 weights on the statistics
     images, with error feedback relative to nearest rounding."""
-    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +117,41 @@ def feedback_round(kernel: "np.ndarray", hessian: "np.ndarray", damp: float = DA
     return out.astype(np.float32)
 
 
+def feedback_round_layer(kernel: "np.ndarray", hessian: "np.ndarray", damp: float = DAMPING
+                         ) -> "np.ndarray":
+    """:func:`feedback_round` for a whole layer at once: one input order for every output
+    channel (largest second moment first), so one Cholesky factor serves them all and each
+    step updates every channel together. Each channel's largest weight is already on its
+    grid point (+-127 steps) and is held there (never updated), so the converter derives the
+    same scale and keeps the weights exactly."""
+    import numpy as np
+    w = np.asarray(kernel, dtype=np.float64).copy()
+    n_in, n_out = w.shape
+    scale = channel_scale(w)[0]
+    h = np.asarray(hessian, dtype=np.float64)
+    h = h + np.eye(n_in) * damp * max(float(np.mean(np.diag(h))), 1e-12)
+    order = np.argsort(-np.diag(h), kind="stable")
+    w = w[order]
+    held = np.zeros_like(w, dtype=bool)
+    held[np.argmax(np.abs(w), axis=0), np.arange(n_out)] = True
+    pinned = w[held]
+    u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(order, order)])).T
+    q = np.empty_like(w)
+    for i in range(n_in):
+        q[i] = nearest(w[i], scale)
+        if i + 1 < n_in:
+            w[i + 1:] -= np.outer(u[i, i + 1:] / u[i, i], w[i] - q[i])
+            w[held] = pinned
+    out = np.empty_like(q)
+    out[order] = q
+    return out.astype(np.float32)
+
+
+def per_channel_affordable(n_in: int, n_out: int) -> bool:
+    """Whether a layer's rounding can take each output channel's own weight order."""
+    return n_in ** 3 / 3 * n_out <= PER_CHANNEL_MAX_FLOPS
+
+
 def box_convs(model: Any) -> list[Any]:
     """The 1x1, ungrouped, linear convolutions that feed a model output named ``*_box``,
     directly or through an elementwise Darknet activation (logistic heads): their output,
@@ -164,7 +204,8 @@ def round_conv_weights(model: Any, convs: list[Any], images: "np.ndarray",
     At most ``max_rows`` input vectors per photo enter a covariance (evenly spaced output
     positions): a 104x104 map gives 10816, far more than its inputs need. The ``per_channel``
     named convs (the box convolutions) invert the covariance per output channel, the others
-    once (``feedback_round(shared_inverse=True)``)."""
+    once (``feedback_round(shared_inverse=True)``), or share one rounding order where a
+    per-channel order would cost too much (``PER_CHANNEL_MAX_FLOPS``)."""
     import keras
     import numpy as np
     report = BoxRoundingReport()
@@ -207,7 +248,12 @@ def round_conv_weights(model: Any, convs: list[Any], images: "np.ndarray",
         kernel, *rest = conv.get_weights()
         flat = kernel.reshape(-1, kernel.shape[-1])
         damp = damping(len(h), count[k])
-        q = feedback_round(flat, h, damp, shared_inverse=conv.name not in per_channel)
+        if conv.name in per_channel or per_channel_affordable(*flat.shape):
+            q = feedback_round(flat, h, damp, shared_inverse=conv.name not in per_channel)
+            order = "per channel"
+        else:
+            q = feedback_round_layer(flat, h, damp)
+            order = "layer"
         w = flat.astype(np.float64)
         # per output channel: E[(dW x)^2] over the statistics images; the converter's scale
         # is float32, as the kernel
@@ -218,7 +264,7 @@ def round_conv_weights(model: Any, convs: list[Any], images: "np.ndarray",
             "output_mse_nearest": float(e_plain.mean()),
             "output_mse_feedback": float(e_fb.mean()),
             "ratio": round(float(e_fb.sum() / max(e_plain.sum(), 1e-30)), 3),
-            "damping": round(damp, 4)}
+            "damping": round(damp, 4), "order": order}
     return new, report
 
 
