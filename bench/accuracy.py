@@ -156,7 +156,8 @@ def int8_bench_model(name: str) -> tuple[Any, dict, Any, list]:
 def tflite_heads(data: bytes, model: Any, meta: dict, groups: list, batch: Any) -> list:
     """Raw heads (the contract's layout) of an in-memory .tflite converted from ``model``,
     whose split outputs are found by name."""
-    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     from darknet2tflite.int8.quantize import tflite_head_outputs
     m = dict(meta, head_outputs=tflite_head_outputs(data, model.output_names, groups))
     return run_tflite(interpreter(data, 2), batch, m)

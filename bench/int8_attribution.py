@@ -48,7 +48,8 @@ def main() -> int:
     from darknet2tflite.int8.calibration import calibrate, load_calibration, representative_dataset
     from darknet2tflite.darknet.cfg import parse_cfg
     from darknet2tflite.evaluation.evaluate import load_eval_images
-    from darknet2tflite.tflite.export import convert, head_groups, interpreter, run_tflite
+    from darknet2tflite.tflite.export import convert, head_groups, run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     from darknet2tflite.darknet.metadata import decode_metadata
     from darknet2tflite.int8.ranges import calibrate_model, calibrated_ranges, quantize_calibrated, refine_ranges
     from darknet2tflite.int8.quantize import int8_rules, tflite_head_outputs

@@ -100,7 +100,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from darknet2tflite.evaluation.decode import decode_heads
     from darknet2tflite.evaluation.draw import draw_detections, save_image
     from darknet2tflite.evaluation.evaluate import MAX_PER_CLASS
-    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     from darknet2tflite.images import ImageError, load_network_image, load_rgb, preprocess
     from darknet2tflite.inputs import check_model_json
     from darknet2tflite.darknet.metadata import read_tflite_metadata

@@ -20,7 +20,8 @@ def test_convert_backend_both_ships_winner_and_keeps_both(prefect_server, yolov3
     import flows  # noqa: F401  (Prefect env defaults)
     from cli.main import main
     from darknet2tflite.evaluation.evaluate import file_meta
-    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     from darknet2tflite.tflite.inspect import check_integer
 
     cfg, weights = yolov3_tiny

@@ -157,7 +157,8 @@ def test_int8_floor_rounds_weights_exactly_as_the_converter_does() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from int8_floor import _kernel_axes, rounding_error
 
-    from darknet2tflite.tflite.export import convert, interpreter
+    from darknet2tflite.tflite.export import convert
+    from darknet2tflite.tflite.interpreter import interpreter
     model = _small_convs()
     rng = np.random.default_rng(1)
     data = convert(model, mode="int8", representative=lambda: (

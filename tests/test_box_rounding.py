@@ -156,7 +156,7 @@ def test_a_single_calibration_photo_does_no_harm(yolov4_tiny_int8_model):
 
 def test_the_converter_keeps_the_rounded_weights(yolov4_tiny_int8_model):
     """The int8 kernels TFLite writes are exactly the fed-back ones: no second rounding."""
-    from darknet2tflite.tflite.export import interpreter
+    from darknet2tflite.tflite.interpreter import interpreter
     from darknet2tflite.int8.ranges import calibrate_model, quantize_calibrated
     model, _, seen, _ = yolov4_tiny_int8_model
     rounded, _ = round_box_weights(model, seen[:8])

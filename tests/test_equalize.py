@@ -150,7 +150,7 @@ def test_equalize_option_through_the_quantize_stage(v4, yolov4_tiny, coco_images
     assert "range equalization statistics" in [p["pass"] for p in res.passes["passes"]]
     meta = json.loads((tmp_path / "q" / "model.json").read_text())
     assert meta["quantization"]["equalized"] == sorted(res.equalize["layers"])
-    from darknet2tflite.tflite.export import interpreter
+    from darknet2tflite.tflite.interpreter import interpreter
     it = interpreter(tmp_path / "q" / "model.int8.tflite")
     layer0 = [d["shape"][-1] for d in it.get_tensor_details()
               if "L000_leaky" in d["name"] and len(d["shape"]) == 4]

@@ -158,3 +158,21 @@ def test_library_never_imports_orchestration_or_the_cli():
             if name.split(".")[0] in FORBIDDEN_IN_LIBRARY:
                 bad.append(f"{p.relative_to(REPO)}:{line}: imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def test_litert_interpreters_are_opened_in_one_place() -> None:
+    """Which kernels run a model changes its int8 outputs (XNNPACK rounds differently from
+    the reference kernels TFLite Micro follows), so every LiteRT interpreter comes from
+    ``tflite/interpreter.py``, where that choice is an explicit argument."""
+    offenders = []
+    for mod, path in project_modules().items():
+        if mod == "darknet2tflite.tflite.interpreter":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "ai_edge_litert"):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+            elif (isinstance(node, ast.Attribute) and node.attr == "Interpreter"
+                    and isinstance(node.value, ast.Attribute) and node.value.attr == "lite"):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, f"interpreters opened outside tflite/interpreter.py: {offenders}"

@@ -141,7 +141,8 @@ def test_onnx_export_contract_and_parity(which, request):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["v4", "v3"])
 def test_onnx2tf_int8_contract_full_integer(which, request):
-    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     from darknet2tflite.darknet.metadata import read_tflite_metadata
     run = request.getfixturevalue(which)
     r, cfg, meta = run["result"], run["cfg"], run["meta"]
@@ -198,7 +199,8 @@ def test_onnx2tf_never_touches_the_network(which, request):
 @pytest.mark.slow
 def test_compare_with_direct_backend_on_real_model(v4):
     """compare_backends on real results: the direct TFLiteConverter int8 model vs onnx2tf."""
-    from darknet2tflite.tflite.export import convert, interpreter, run_tflite
+    from darknet2tflite.tflite.export import convert, run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     model, meta, calib, evalb = v4["model"], v4["meta"], v4["calib"], v4["eval"]
     data = convert(model, mode="int8",
                    representative=lambda: ([x[None]] for x in o2t._pin_input_range(calib)))
@@ -333,7 +335,8 @@ def _tiny_model():
 @pytest.mark.parametrize("quantizer,layout", [("tflite", "NHWC"), ("onnx2tf", "NCHW")])
 def test_int8_input_type_on_tiny_model(tmp_path, quantizer, layout):
     """input_type='int8': scale 1/255 with zero point -128, through both quantizers."""
-    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     model, meta = _tiny_model()
     onnx_path = onnx_export.export_onnx(model, tmp_path / "m.onnx", layout=layout)
     rng = np.random.default_rng(0)

@@ -10,7 +10,8 @@ import pytest
 
 from darknet2tflite.model.builder import build_keras
 from darknet2tflite.darknet.cfg import ACTIVATIONS, parse_cfg
-from darknet2tflite.tflite.export import convert, interpreter, run_tflite
+from darknet2tflite.tflite.export import convert, run_tflite
+from darknet2tflite.tflite.interpreter import interpreter
 from darknet2tflite.darknet.metadata import decode_metadata
 from darknet2tflite.reference.parity import PARITY_TOLERANCE, compare_heads
 from darknet2tflite.stages.build import build_stage

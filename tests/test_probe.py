@@ -66,14 +66,14 @@ def convert_full_int8(cfg, weights, rules, images: np.ndarray) -> bytes:
 def assert_integer_only(data: bytes, n_heads: int) -> None:
     """Every op's tensors are integer; QUANTIZE only where it reads the model input;
     every output is the raw output of a CONV_2D (no decode after the heads)."""
-    from darknet2tflite.tflite.inspect import _interpreter
+    from darknet2tflite.tflite.interpreter import interpreter
     s = inspect_tflite(data, max_quant_scale=1e6)
     assert s.float_ops == [], s.float_ops
     assert s.large_scales == [] and s.dead_outputs == []
     for op in s.ops:
         assert not any(d.startswith("float") for d in op.inputs + op.outputs), op
     assert s.input_dtypes == ["uint8"] and s.output_dtypes == ["int8"] * n_heads
-    it = _interpreter(data)
+    it = interpreter(data, threads=None, kernels="builtin")
     inputs = {d["index"] for d in it.get_input_details()}
     outputs = {d["index"] for d in it.get_output_details()}
     producer = {}

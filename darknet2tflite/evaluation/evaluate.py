@@ -142,7 +142,8 @@ def file_meta(tflite: str | Path, meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_model(tflite: str | Path, batch: np.ndarray, meta: Mapping[str, Any],
               threads: int = 2) -> list[np.ndarray]:
-    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     return run_tflite(interpreter(tflite, threads=threads), batch, file_meta(tflite, meta))
 
 

@@ -168,7 +168,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path,
         for k, s in ev["sizes"].items():
             L.append(f"| {k} | {s / 1024:.0f} | "
                      + " | ".join(_fmt(lat.get(k, {}).get(t)) for t in thr) + " |")
-        L += ["", "Latency: median of repeated `invoke()` on one input, tf.lite.Interpreter "
+        L += ["", "Latency: median of repeated `invoke()` on one input, LiteRT's interpreter "
               "with its default XNNPACK delegate.", ""]
     fb = report.get("float_fallback")
     if fb:

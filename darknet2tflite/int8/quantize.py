@@ -92,7 +92,8 @@ def tflite_head_outputs(data: bytes | str | Path, keras_outputs: Sequence[str],
                         groups: Sequence[Sequence[str]]) -> list[list[str]]:
     """The .tflite output tensor names of each head's outputs (interpreter order is not
     Keras order; resolved through the signature)."""
-    from darknet2tflite.tflite.export import head_tensor_names, interpreter
+    from darknet2tflite.tflite.export import head_tensor_names
+    from darknet2tflite.tflite.interpreter import interpreter
     it = interpreter(data)
     return [head_tensor_names(it, list(keras_outputs), list(g)) for g in groups]
 

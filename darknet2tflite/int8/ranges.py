@@ -12,6 +12,7 @@ import numpy as np
 from darknet2tflite.errors import InputError, UserError
 from darknet2tflite.options import RANGE_METHODS
 from darknet2tflite.tflite.flatbuffer import _op_names, _tname, _to_bytes, _to_obj
+from darknet2tflite.tflite.interpreter import interpreter
 
 Progress = Callable[[str], None]
 #: histogram resolution for the MSE range search (bins over the calibrated min/max range)
@@ -21,6 +22,8 @@ HIST_BINS = 2048
 TAIL_KEEP = 0.5
 #: at most this many calibration images feed the histograms (ranges converge long before)
 HIST_MAX_IMAGES = 128
+#: interpreter threads of the passes over the calibration photos
+THREADS = min(2, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- calibration
@@ -44,14 +47,6 @@ def annotate_for_calibration(model: Any, images: np.ndarray) -> bytes:
         return bytes(conv.convert())
 
 
-def _tensor_interpreter(model: bytes) -> Any:
-    """An interpreter over ``model`` whose intermediate tensors stay readable."""
-    it = _tf().lite.Interpreter(model_content=model, experimental_preserve_all_tensors=True,
-                                num_threads=min(2, os.cpu_count() or 1))
-    it.allocate_tensors()
-    return it
-
-
 def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | None = None,
                    progress_every: int = 50) -> bytes:
     """``annotated`` with every recorded min/max replaced by the min/max over ``images``.
@@ -61,7 +56,7 @@ def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | No
     kernels at ~0.3 s per 416x416 image, this loop ~0.05-0.07 s. That is what keeps a 500-photo
     calibration folder within the conversion-time target."""
     ranges = calibrated_ranges(annotated)
-    it = _tensor_interpreter(annotated)
+    it = interpreter(annotated, threads=THREADS, preserve_all_tensors=True)
     inp = it.get_input_details()[0]["index"]
     lo = {name: np.inf for name in ranges}
     hi = {name: -np.inf for name in ranges}
@@ -135,7 +130,7 @@ def tensor_histograms(calibrated: bytes, images: np.ndarray, max_images: int = H
     """Per-tensor value histograms over each tensor's calibrated [min, max], from running
     the calibrated (still float) model with every intermediate tensor preserved."""
     ranges = calibrated_ranges(calibrated)
-    it = _tensor_interpreter(calibrated)
+    it = interpreter(calibrated, threads=THREADS, preserve_all_tensors=True)
     inp = it.get_input_details()[0]["index"]
     n = min(len(images), max_images)
     pick = np.linspace(0, len(images) - 1, n).round().astype(int) if n else []

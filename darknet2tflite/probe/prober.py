@@ -48,7 +48,8 @@ from darknet2tflite.probe.profiles import Profile, load_profile
 from darknet2tflite.probe.report import DEGRADED, OK, ProbeReport, ProbeRow, TargetResult, UNSUPPORTED, _SEVERITY
 from darknet2tflite.probe.signatures import HEAD_KINDS, _sig_str, feeding_conv, signature
 from darknet2tflite.probe.tiny import _with_shapes, tiny_section, tiny_weights
-from darknet2tflite.tflite.inspect import _interpreter, inspect_tflite
+from darknet2tflite.tflite.inspect import inspect_tflite
+from darknet2tflite.tflite.interpreter import interpreter
 #: Ops allowed between a head's raw tensor and the model output: pure data movement.
 #: Anything else there (LOGISTIC, EXP, MUL, ADD, ...) would be box decoding inside the graph,
 #: which the I/O contract forbids (decode is Darknet-exact in decode.py, in float).
@@ -184,7 +185,7 @@ class Prober:
         (quantized, then dequantized) input, so only this layer's own error is measured.
         The converter's signature keeps the Keras input names and numbers the outputs in
         Keras order (output_0, output_1, ...)."""
-        it = _interpreter(data, with_delegates=True)
+        it = interpreter(data, threads=None)
         runner = it.get_signature_runner()
         in_details = runner.get_input_details()
         names = [t.name.split(":")[0] for t in model.inputs]

@@ -23,7 +23,8 @@ def build_stage(cfg_path: str | Path, weights_path: str | Path, out_dir: str | P
     progress(f"build Keras model ({len(cfg.layers)} layers"
              + (f", rewrites: {', '.join(r.name for r in rules)})" if rules else ")"))
     from darknet2tflite.model.builder import build_keras  # TensorFlow only once the inputs are known to be good
-    from darknet2tflite.tflite.export import convert, head_groups, head_tensor_names, interpreter, save_tflite
+    from darknet2tflite.tflite.export import convert, head_groups, head_tensor_names, save_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     model, applied = build_keras(cfg, weights, rules)
     meta["rewrites"] = applied
     groups = head_groups(model, meta)

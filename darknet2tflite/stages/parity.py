@@ -39,7 +39,8 @@ def parity_stage(cfg_path: str | Path, weights_path: str | Path, keras_path: str
     import keras
     from darknet2tflite.model import layers as _layers  # noqa: F401  (registers custom layers for loading)
     from darknet2tflite.darknet.cfg import parse_cfg
-    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     from darknet2tflite.reference.parity import PARITY_TOLERANCE, compare_heads
     from darknet2tflite.reference.opencv import opencv_heads, opencv_supports
 

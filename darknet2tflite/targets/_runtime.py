@@ -7,9 +7,11 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
+
+from darknet2tflite.tflite.interpreter import interpreter
 
 
 @contextlib.contextmanager
@@ -41,23 +43,9 @@ def first_reason(lines: Sequence[str], fallback: str) -> str:
     return (lines[0] if lines else fallback)[:300]
 
 
-def reference_interpreter(model: bytes) -> Any:
-    """LiteRT with the reference kernels (``BUILTIN_REF``): the integer arithmetic TFLite
-    Micro implements and Vela's NPU kernels are tested bit-exact against."""
-    import warnings
-
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_content=bytes(model),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    it.allocate_tensors()
-    return it
-
-
 def run_reference(model: bytes, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
     """Raw outputs (model output order) per input, with the reference kernels."""
-    it = reference_interpreter(model)
+    it = interpreter(model, threads=None, kernels="reference")
     ind = it.get_input_details()[0]
     outs = it.get_output_details()
     res = []
@@ -71,7 +59,7 @@ def run_reference(model: bytes, inputs: Sequence[np.ndarray]) -> list[list[np.nd
 def quantized_inputs(model: bytes, batch: np.ndarray) -> list[np.ndarray]:
     """float32 NHWC pixels/255 -> the model's raw input tensors (uint8/int8), as
     export.run_tflite feeds them."""
-    it = reference_interpreter(model)
+    it = interpreter(model, threads=None, kernels="reference")
     d = it.get_input_details()[0]
     if d["dtype"] == np.float32:
         return [img[None].astype(np.float32) for img in batch]

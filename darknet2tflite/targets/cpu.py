@@ -22,7 +22,7 @@ class CpuTarget:
 
     def verify(self, model: bytes, inputs: Sequence[Any], out_dir: Any,
                reference: Sequence[Sequence[Any]] | None) -> dict[str, Any]:
-        from darknet2tflite.tflite.export import interpreter
+        from darknet2tflite.tflite.interpreter import interpreter
         it = interpreter(bytes(model))
         return {"runs": True, "ops": len(it._get_ops_details()),
                 "note": "evaluated by the evaluate stage (report 'evaluation')"}

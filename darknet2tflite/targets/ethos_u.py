@@ -125,10 +125,12 @@ class EthosUTarget:
             if not res["ok"]:
                 return LayerVerdict(False, res["reason"])
             _, cpu = placement(model, res["compiled"].read_bytes())
-        from ._runtime import captured_stderr, first_reason, reference_interpreter
+        from darknet2tflite.tflite.interpreter import interpreter
+
+        from ._runtime import captured_stderr, first_reason
         with captured_stderr() as lines:  # the CPU side and the accuracy run need these
             try:
-                reference_interpreter(model)
+                interpreter(model, threads=None, kernels="reference")
             except (RuntimeError, ValueError) as e:
                 return LayerVerdict(False, "the reference kernels refuse it: "
                                     + first_reason(lines or str(e).splitlines(), str(e)))

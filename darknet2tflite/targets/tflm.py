@@ -23,7 +23,7 @@ PROBE_ARENA = 8 << 20
 MAX_ARENA = 4 << 30
 
 
-def _interpreter(model: bytes, arena: int) -> Any:
+def _micro_interpreter(model: bytes, arena: int) -> Any:
     from tflite_micro.python.tflite_micro import runtime
     return runtime.Interpreter.from_bytes(bytes(model), arena_size=int(arena))
 
@@ -32,7 +32,7 @@ def load(model: bytes, arena: int) -> tuple[Any | None, str]:
     """(interpreter, "") or (None, why TFLite Micro refused the model)."""
     with captured_stderr() as lines:
         try:
-            return _interpreter(model, arena), ""
+            return _micro_interpreter(model, arena), ""
         except (RuntimeError, ValueError) as e:
             err = e
     return None, first_reason(lines, str(err))
@@ -48,7 +48,7 @@ def smallest_arena(model: bytes, upper: int) -> int:
             break
         with captured_stderr():
             try:
-                _interpreter(model, mid)
+                _micro_interpreter(model, mid)
                 hi = mid
             except RuntimeError:
                 lo = mid
@@ -70,8 +70,8 @@ def _short_of_memory(why: str) -> bool:
 
 
 def _n_outputs(model: bytes) -> int:
-    from ._runtime import reference_interpreter
-    return len(reference_interpreter(model).get_output_details())
+    from darknet2tflite.tflite.interpreter import interpreter
+    return len(interpreter(model, threads=None, kernels="reference").get_output_details())
 
 
 def first_divergence(model: bytes, x: np.ndarray, arena: int) -> dict[str, Any] | None:
@@ -79,17 +79,11 @@ def first_divergence(model: bytes, x: np.ndarray, arena: int) -> dict[str, Any] 
     reference kernels on input ``x``, with every earlier tensor identical: so its step
     difference is the two kernels' own rounding disagreement, not an inherited one (later
     layers then amplify it, which is what the end-to-end figure shows)."""
-    import warnings
-
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from tflite_micro.python.tflite_micro import runtime
 
+    from darknet2tflite.tflite.interpreter import interpreter
     from darknet2tflite.tflite.names import layer_of_tensor
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = Interpreter(model_content=bytes(model), experimental_preserve_all_tensors=True,
-                          experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    ref.allocate_tensors()
+    ref = interpreter(model, threads=None, kernels="reference", preserve_all_tensors=True)
     ref.set_tensor(ref.get_input_details()[0]["index"], x)
     ref.invoke()
     with captured_stderr():

@@ -27,11 +27,11 @@ def reference_accuracy(int8_tflite: Path, float_tflite: Path | None, meta: Mappi
     run with the reference kernels: what a TFLite Micro or Ethos-U device scores."""
     from darknet2tflite.evaluation.evaluate import _ap, detect, file_meta, head_errors, load_eval_images, run_model
     from darknet2tflite.tflite.export import run_tflite
-    from ._runtime import reference_interpreter
+    from darknet2tflite.tflite.interpreter import interpreter
     m = file_meta(int8_tflite, meta)
     batch, kept, sizes, _ = load_eval_images(list(paths), meta)
     t0 = time.perf_counter()
-    heads = run_tflite(reference_interpreter(Path(int8_tflite).read_bytes()), batch, m)
+    heads = run_tflite(interpreter(Path(int8_tflite).read_bytes(), threads=None, kernels="reference"), batch, m)
     doc: dict[str, Any] = {"arithmetic": "reference", "images": len(kept),
                            "seconds_per_image": round((time.perf_counter() - t0)
                                                       / max(1, len(kept)), 3)}

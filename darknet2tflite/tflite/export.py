@@ -53,17 +53,7 @@ def save_tflite(data: bytes, path: str | Path, meta: dict | None = None) -> Path
     return Path(path)
 
 
-def interpreter(path_or_bytes: str | Path | bytes, threads: int = 1):
-    """LiteRT's interpreter (tf.lite.Interpreter is deprecated); same API."""
-    from ai_edge_litert.interpreter import Interpreter
-    kw = {"model_content": bytes(path_or_bytes)} if isinstance(path_or_bytes, (bytes, bytearray)) \
-        else {"model_path": str(path_or_bytes)}
-    it = Interpreter(num_threads=threads, **kw)
-    it.allocate_tensors()
-    return it
-
-
-def output_names(it: tf.lite.Interpreter) -> dict[str, int]:
+def output_names(it: Any) -> dict[str, int]:
     """Signature output name (= Keras output layer name) -> output tensor index."""
     sigs = it._get_full_signature_list()
     if sigs:
@@ -86,7 +76,7 @@ def head_groups(model: keras.Model, meta: dict) -> list[list[str]]:
     return groups
 
 
-def head_tensor_names(it: tf.lite.Interpreter, keras_outputs: list[str],
+def head_tensor_names(it: Any, keras_outputs: list[str],
                       wanted: list[str]) -> list[str]:
     """TFLite output tensor names of the Keras outputs ``wanted``.
 
@@ -102,7 +92,7 @@ def head_tensor_names(it: tf.lite.Interpreter, keras_outputs: list[str],
     return out
 
 
-def run_tflite(it: tf.lite.Interpreter, batch: np.ndarray, meta: dict) -> list[np.ndarray]:
+def run_tflite(it: Any, batch: np.ndarray, meta: dict) -> list[np.ndarray]:
     """Run one image at a time (models are batch 1); ``batch`` is float32 NHWC in [0,1].
     Quantized inputs/outputs are (de)quantized here; heads come back float32 in cfg order,
     concatenated from split outputs when model.json has ``head_outputs``."""

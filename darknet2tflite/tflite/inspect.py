@@ -1,7 +1,6 @@
 """What a TFLite flatbuffer contains: ops with their tensor dtypes, float ops, oversized quantization scales."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from darknet2tflite.errors import UserError
 from darknet2tflite.tflite.flatbuffer import _op_names, _tname, _to_obj, _type_names
+from darknet2tflite.tflite.interpreter import interpreter
 
 
 # --------------------------------------------------------------------------- flatbuffer
@@ -41,32 +41,13 @@ class TFLiteSummary:
         return [o.name for o in self.ops]
 
 
-def _interpreter(data: bytes, with_delegates: bool = False) -> Any:
-    """LiteRT interpreter; without the default XNNPACK delegate when inspecting, because
-    the delegate replaces the ops it claims by one opaque DELEGATE node."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
-        import tensorflow as tf
-        Interpreter = tf.lite.Interpreter
-        OpResolverType = tf.lite.experimental.OpResolverType
-    kw: dict[str, Any] = {}
-    if not with_delegates:
-        kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_content=bytes(data), **kw)
-    it.allocate_tensors()
-    return it
-
-
 def inspect_tflite(data: bytes, max_quant_scale: float | None = None) -> TFLiteSummary:
     """Op list with tensor dtypes, float ops and oversized quantization scales.
 
     An op counts as a float op if any of its input or output tensors is floating point,
     except a QUANTIZE reading a model input or a DEQUANTIZE writing a model output (the
     optional I/O edges of a full-integer model)."""
-    it = _interpreter(data)
+    it = interpreter(data, threads=None, kernels="builtin")  # every op visible
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     inputs = {d["index"] for d in it.get_input_details()}
     outputs = {d["index"] for d in it.get_output_details()}

@@ -24,7 +24,7 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
 def latency_ms(tflite: str | Path | bytes, threads: int = 1, runs: int = 20, warmup: int = 3
                ) -> float:
     """Median wall time of ``invoke`` on a fixed input (XNNPACK default delegate on)."""
-    from darknet2tflite.tflite.export import interpreter
+    from darknet2tflite.tflite.interpreter import interpreter
     it = interpreter(tflite, threads=threads)
     d = it.get_input_details()[0]
     x = np.zeros(d["shape"], d["dtype"])

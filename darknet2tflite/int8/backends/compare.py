@@ -144,7 +144,8 @@ def int8_fidelity(tflite: str | Path, file_meta: dict, keras_model: Any, batch: 
                   latency_runs: int = 10) -> dict:
     """The numbers compare_backends ranks, measured the same way for either backend:
     float ops, size, per-head SQNR of the (concatenated) heads against Keras, latency."""
-    from darknet2tflite.tflite.export import interpreter, run_tflite
+    from darknet2tflite.tflite.export import run_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     data = Path(tflite).read_bytes()
     model = load_keras(keras_model)
     ref = _keras_heads(model, batch)

@@ -118,7 +118,8 @@ def _map_outputs(data: bytes, onnx_names: list[str], meta: dict
     onnx2tf's SavedModel signature names outputs output_<k> in ONNX output order, which is
     the Keras output order, so export.head_tensor_names resolves them exactly as it does for
     the direct backend's files."""
-    from darknet2tflite.tflite.export import head_tensor_names, interpreter
+    from darknet2tflite.tflite.export import head_tensor_names
+    from darknet2tflite.tflite.interpreter import interpreter
     it = interpreter(bytes(data))
     out = copy.deepcopy(meta)
     # with split heads (model.json "head_outputs") a head's own name is no model output
@@ -379,7 +380,8 @@ def _stage(result: dict, kind: str, produce: Callable[[], bytes], path: Path,
            ref: dict | None, batch: np.ndarray, latency_runs: int) -> dict:
     """Produce one .tflite, check it against the contract and the float reference, and
     publish it with its metadata; any failure becomes {"status": "failed", "reason"}."""
-    from darknet2tflite.tflite.export import interpreter, run_tflite, save_tflite
+    from darknet2tflite.tflite.export import run_tflite, save_tflite
+    from darknet2tflite.tflite.interpreter import interpreter
     t0 = time.perf_counter()
     info: dict[str, Any] = {"status": "failed"}
     try:
