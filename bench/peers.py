@@ -202,8 +202,9 @@ def child_convert(spec: dict[str, Any]) -> dict[str, Any]:
     npy.unlink(missing_ok=True)
     npy.with_suffix(".json").unlink(missing_ok=True)
     fops = float_ops(data)
-    return {"xnnpack_error": xnnpack_error(path),"convert_s": convert_s, "steps": steps, "path": str(path), "size_bytes": len(data),
-            "full_integer": not fops, "float_ops": fops,
+    return {"xnnpack_error": xnnpack_error(path), "convert_s": convert_s, "steps": steps,
+            "path": str(path), "size_bytes": len(data), "full_integer": not fops,
+            "float_ops": fops,
             "input": {"dtype": dtype, "scale": scale, "zp": zp}}
 
 
@@ -403,7 +404,8 @@ def bench_peers(name: str, conf: dict[str, Any], params: dict[str, Any],
             for peer, by_t in lat["latency"].items():
                 fops = lat["float_ops"][peer]
                 peers[peer].update(full_integer=not fops, float_ops=fops,
-                                   latency_delegate=lat["delegate"][peer],latency_ms_1thread=by_t["1"]["median"],
+                                   latency_delegate=lat["delegate"][peer],
+                                   latency_ms_1thread=by_t["1"]["median"],
                                    latency_ms_2threads=by_t["2"]["median"],
                                    latency_spread_ms={t: {k: v for k, v in d.items()
                                                           if k != "median"}

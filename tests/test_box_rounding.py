@@ -22,17 +22,29 @@ def _on_grid(q: np.ndarray, w: np.ndarray) -> None:
     assert np.allclose(np.abs(q).max(axis=0), np.abs(w).max(axis=0), rtol=1e-6)
 
 
+def _correlated_layer(seed: int, n_in: int, n_out: int, samples: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel with heavy tails like real kernels, second moment of correlated inputs)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_t(3, size=(n_in, n_out)).astype(np.float32)
+    x = rng.normal(size=(samples, n_in)) @ rng.normal(size=(n_in, n_in)) + 0.5
+    return w, x.T @ x / len(x)
+
+
+def _error_vs_nearest(q: np.ndarray, w: np.ndarray, h: np.ndarray) -> float:
+    """Output error of ``q``'s rounding through the inputs' covariance, relative to the
+    converter's nearest rounding of ``w``."""
+    err = lambda d: float(np.einsum("ic,ij,jc->", d, h, d))  # noqa: E731
+    scale = np.abs(w).max(axis=0) / QMAX
+    return err(q - w) / err(nearest(w.astype(np.float64), scale) - w)
+
+
 def test_feedback_rounding_stays_on_the_converters_grid() -> None:
-    rng = np.random.default_rng(0)
-    w = rng.standard_t(3, size=(64, 5)).astype(np.float32)    # heavy tails, like real kernels
-    x = rng.normal(size=(4000, 64)) @ rng.normal(size=(64, 64)) + 0.5  # correlated inputs
-    h = x.T @ x / len(x)
+    w, h = _correlated_layer(0, 64, 5, 4000)
     q = feedback_round(w, h)
     _on_grid(q, w)
     # the inputs' covariance decides, and the output error is what drops
-    err = lambda d: float(np.einsum("ic,ij,jc->", d, h, d))  # noqa: E731
-    scale = np.abs(w).max(axis=0) / QMAX
-    assert err(q - w) < 0.7 * err(nearest(w.astype(np.float64), scale) - w)
+    assert _error_vs_nearest(q, w, h) < 0.7
 
 
 def test_one_inverse_for_all_channels_rounds_the_same() -> None:
@@ -54,15 +66,10 @@ def test_one_order_for_a_large_layer_stays_on_the_grid_and_helps() -> None:
     than nearest rounding."""
     assert per_channel_affordable(576, 64)           # yolov4-tiny's equalized consumers
     assert not per_channel_affordable(3 * 3 * 512, 1024)
-    rng = np.random.default_rng(3)
-    w = rng.standard_t(3, size=(128, 48)).astype(np.float32)
-    x = rng.normal(size=(6000, 128)) @ rng.normal(size=(128, 128)) + 0.5
-    h = x.T @ x / len(x)
+    w, h = _correlated_layer(3, 128, 48, 6000)
     q = feedback_round_layer(w, h)
     _on_grid(q, w)
-    err = lambda d: float(np.einsum("ic,ij,jc->", d, h, d))  # noqa: E731
-    scale = np.abs(w).max(axis=0) / QMAX
-    assert err(q - w) < 0.7 * err(nearest(w.astype(np.float64), scale) - w)
+    assert _error_vs_nearest(q, w, h) < 0.7
 
 
 def test_patches_are_the_convolutions_inputs() -> None:
