@@ -158,12 +158,15 @@ def convert(cfg: str, weights: str, out: str, calibration: str,
     futures["probe"] = t.submit(cfg=cfg, weights=weights, target=target, images=images,
                                 allow=variant_list(allow_approximate) or None,
                                 wait_for=[futures["parse"]], **kw)
-    t, kw = stage(parity_task, "parity")
-    futures["parity"] = t.submit(cfg=cfg, weights=weights, build=futures["build"],
-                                 images=images, **kw)
+    # rewrite before parity: a worker thread that takes a task waits there for its inputs,
+    # so the task queued first gets the first worker that build or probe frees, and the
+    # rewrite is the one on the way to quantize
     t, kw = stage(rewrite_task, "rewrite")
     futures["rewrite"] = t.submit(cfg=cfg, weights=weights, probe=futures["probe"], images=images,
                                   names=names, **kw)
+    t, kw = stage(parity_task, "parity")
+    futures["parity"] = t.submit(cfg=cfg, weights=weights, build=futures["build"],
+                                 images=images, **kw)
     # A model that fails float parity is not worth quantizing: join parity first (its
     # exception, a ParityError with the numbers, fails the run here).
     results: dict[str, dict[str, Any]] = {}

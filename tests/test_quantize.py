@@ -174,12 +174,12 @@ def test_yolov4_tiny_calibration_passes_are_counted(v4_run):
     ps = conv["passes"]
     names = [p["pass"] for p in ps["passes"]]
     for expected in ("channel split statistics", "error-feedback rounding statistics",
-                     "calibrator: which tensors need ranges", "min/max ranges",
-                     "histograms for the MSE ranges", "QuantizationDebugger per-layer error"):
+                     "calibrator: which tensors need ranges", "min/max ranges and histograms",
+                     "QuantizationDebugger per-layer error"):
         assert expected in names, names
     by = {p["pass"]: p for p in ps["passes"]}
     # the range pass sees every calibration photo and its mirrored copy (43 < 50)
-    assert by["min/max ranges"]["images"] == conv["calibration_images"] + conv["mirrored_images"]
+    assert by["min/max ranges and histograms"]["images"] == conv["calibration_images"] + conv["mirrored_images"]
     assert all(p["seconds"] >= 0 and p["images"] > 0 for p in ps["passes"])
     assert ps["seconds_total"] == pytest.approx(sum(p["seconds"] for p in ps["passes"]), abs=0.05)
     floor = ps["floor"]
@@ -484,6 +484,13 @@ def test_range_pass_records_what_tflites_calibrator_records(v3_run, yolov3_tiny,
         assert abs(ours[name][1] - lo) <= tol and abs(ours[name][2] - hi) <= tol, name
     # the 2-photo annotation alone is not enough: more photos widen some ranges
     assert any(few[n][2] < theirs[n][2] - 1e-3 for n in theirs)
+    # the histograms counted in the same pass as the min/max are those a separate pass over
+    # the calibrated model counts: same MSE ranges either way
+    observed = q.observe_ranges(q.annotate_for_calibration(model, images[:2]), images,
+                                hist_images=len(images))
+    assert q.calibrated_ranges(observed.model) == ours and observed.invoke_s_per_image > 0
+    one_pass = q.refine_ranges(observed.model, images, "mse", hists=observed.hists)[1]
+    assert one_pass == q.refine_ranges(cal, images, "mse")[1] and len(one_pass) > 20
     # the range methods: mse-tail (bench option) = MSE-optimal lower clip, upper clip halfway
     # from the MSE optimum back to the calibrated maximum; written into the model as such
     tail_model, tail = q.refine_ranges(cal, images, "mse-tail")

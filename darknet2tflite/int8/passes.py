@@ -19,6 +19,8 @@ class PassLog:
     #: reports of the weight transforms that ran inside the passes (equalize.py), by name,
     #: for the callers that keep int8_from_keras's result tuple as it is
     transforms: dict[str, Any] = field(default_factory=dict)
+    #: one float32 forward pass per photo, as the range pass's interpreter timed it
+    floor_s_per_image: float | None = None
 
     @contextmanager
     def timed(self, name: str, images: int) -> Iterator[None]:
@@ -36,19 +38,7 @@ class PassLog:
                              "seconds_total": round(sum(p["seconds"] for p in self.passes), 2)}
         if floor_s_per_image is not None:
             floor = floor_s_per_image * calibration_images
-            d["floor"] = {"what": "one float32 forward pass per calibration photo",
+            d["floor"] = {"what": "one float32 forward pass (LiteRT) per calibration photo",
                           "images": calibration_images, "seconds": round(floor, 2)}
             d["passes_over_floor"] = round(d["seconds_total"] / floor, 2) if floor > 0 else None
         return d
-
-
-def float_seconds_per_image(model: Any, images: Any, probe: int = 4) -> float:
-    """One float32 forward pass per photo, measured on ``probe`` photos (after one warm-up)
-    with the model the passes run: the floor of a calibrated conversion."""
-    import numpy as np
-    x = np.asarray(images[:max(1, probe)], dtype=np.float32)
-    model(x[:1], training=False)
-    t0 = time.perf_counter()
-    for i in range(len(x)):
-        model(x[i:i + 1], training=False)
-    return (time.perf_counter() - t0) / len(x)

@@ -10,9 +10,10 @@ int8/ranges.py, 5 in tflite/inspect.py):
 2. :func:`calibrate_model` -- TFLite's own calibrator (``_experimental_calibrate_only``, the
    hook ``tf.lite.experimental.QuantizationDebugger`` uses) marks the tensors that need
    ranges, on two images; :func:`observe_ranges` then records each one's min/max over all
-   calibration images with a plain interpreter, ~5x faster than the calibrator.
+   calibration images with a plain interpreter, ~5x faster than the calibrator, and in
+   the same pass each one's histogram.
 3. :func:`refine_ranges` -- replaces the min/max ranges by clipping ranges computed from
-   per-tensor histograms of the same images, and pins the input range to exactly [0, 1].
+   those per-tensor histograms, and pins the input range to exactly [0, 1].
    Min/max ranges are dominated by rare outliers (a leaky-ReLU conv output spans e.g.
    [-52, 42] while almost all values lie within a few units), which wastes most of the 256
    levels. The default ``ranges="mse"`` takes the MSE-optimal clipping range; measured on
@@ -45,7 +46,7 @@ from darknet2tflite.errors import InputError, UserError
 from darknet2tflite.model.load import load_keras
 from darknet2tflite.options import BY_NAME, check as check_options
 from darknet2tflite.int8.peak_rss import PeakRSS
-from darknet2tflite.int8.passes import PassLog, float_seconds_per_image
+from darknet2tflite.int8.passes import PassLog
 from darknet2tflite.int8.ranges import Progress, quantize_calibrated, refine_ranges
 from darknet2tflite.tflite.inspect import check_integer
 from darknet2tflite.tflite.names import layer_tensors, output_layer_map
@@ -156,12 +157,14 @@ def int8_from_keras(model: Any, images: np.ndarray, opts: QuantizeOptions,
         raise InputError("no calibration images")
     with log.timed("calibrator: which tensors need ranges", min(len(images), ANNOTATE_IMAGES)):
         annotated = annotate_for_calibration(model, images[:ANNOTATE_IMAGES])
-    with log.timed("min/max ranges", len(images)):
-        calibrated = observe_ranges(annotated, images, progress)
+    hist_images = min(len(images), HIST_MAX_IMAGES) if opts.ranges != "minmax" else 0
+    with log.timed("min/max ranges and histograms" if hist_images else "min/max ranges",
+                   len(images)):
+        observed = observe_ranges(annotated, images, progress, hist_images=hist_images)
+    log.floor_s_per_image = observed.invoke_s_per_image
     progress(f"int8: calibrated in {time.perf_counter() - t0:.1f}s")
-    with log.timed("histograms for the MSE ranges" if opts.ranges != "minmax" else "ranges",
-                   min(len(images), HIST_MAX_IMAGES) if opts.ranges != "minmax" else 0):
-        refined, table = refine_ranges(calibrated, images, opts.ranges, progress)
+    refined, table = refine_ranges(observed.model, images, opts.ranges, progress, hist_images,
+                                   observed.hists)
     data = quantize_calibrated(refined, opts.input_type)
     return data, refined, table, check_integer(data, opts.input_type), split.to_dict(), boxes
 
@@ -256,7 +259,7 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     result = QuantizeResult(paths, round(seconds, 2), mem.to_dict(), check, table, layer_errs,
                             fallback, variants, split, imeta["quantization"]["mirrored_images"],
                             opts.ranges, boxes, passes.transforms.get("equalize", {}),
-                            passes.to_dict(float_seconds_per_image(model, images), len(images)))
+                            passes.to_dict(passes.floor_s_per_image, len(images)))
     write_json(out / "quantize.json", result.to_dict())
     paths["quantize"] = out / "quantize.json"
     return result
