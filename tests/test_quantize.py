@@ -179,7 +179,8 @@ def test_yolov4_tiny_calibration_passes_are_counted(v4_run):
         assert expected in names, names
     by = {p["pass"]: p for p in ps["passes"]}
     # the range pass sees every calibration photo and its mirrored copy (43 < 50)
-    assert by["min/max ranges and histograms"]["images"] == conv["calibration_images"] + conv["mirrored_images"]
+    assert by["min/max ranges and histograms"]["images"] == \
+        conv["calibration_images"] + conv["mirrored_images"]
     assert all(p["seconds"] >= 0 and p["images"] > 0 for p in ps["passes"])
     assert ps["seconds_total"] == pytest.approx(sum(p["seconds"] for p in ps["passes"]), abs=0.05)
     floor = ps["floor"]

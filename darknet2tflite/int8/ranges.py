@@ -129,10 +129,12 @@ class Observed(NamedTuple):
     invoke_s_per_image: float
 
 
-def _one_pass(model: bytes, images: np.ndarray, order: Sequence[int], picks: set[int],
-              progress: Progress | None = None, progress_every: int = 50
+def _one_pass(model: bytes, ranges: dict[str, tuple[int, float, float]], images: np.ndarray,
+              order: Sequence[int], picks: set[int], progress: Progress | None = None,
+              progress_every: int = 50
               ) -> tuple[dict[str, float], dict[str, float], dict[str, GrowingHistogram], float]:
-    """Every range-carrying tensor of ``model``: min and max over the photos ``order`` of
+    """Every range-carrying tensor of ``model`` (``ranges``, :func:`calibrated_ranges`'s):
+    min and max over the photos ``order`` of
     ``images`` and histogram over the ``picks`` among them, one interpreter run per photo
     (and the fastest of those runs, in seconds).
 
@@ -142,7 +144,6 @@ def _one_pass(model: bytes, images: np.ndarray, order: Sequence[int], picks: set
     photo's tensors in memory, so models whose tensors of one photo exceed
     ``OVERLAP_MAX_BYTES`` count in turn instead."""
     from concurrent.futures import ThreadPoolExecutor
-    ranges = calibrated_ranges(model)
     it = interpreter(model, threads=THREADS, preserve_all_tensors=True)
     inp = it.get_input_details()[0]["index"]
     lo = {name: np.inf for name in ranges}
@@ -202,7 +203,8 @@ def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | No
     histograms). That is what keeps a 500-photo calibration folder within the
     conversion-time target. The histograms come from the same interpreter runs
     (:class:`GrowingHistogram`), not from a second pass."""
-    lo, hi, hists, invoke_s = _one_pass(annotated, images, range(len(images)),
+    ranges = calibrated_ranges(annotated)
+    lo, hi, hists, invoke_s = _one_pass(annotated, ranges, images, range(len(images)),
                                         _histogram_picks(len(images), hist_images), progress,
                                         progress_every)
     bad = [n for n in lo if not (np.isfinite(lo[n]) and np.isfinite(hi[n]))]
@@ -211,12 +213,14 @@ def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | No
                         f"on the calibration images (first: {bad[0]}); check the weights")
     model = _to_obj(annotated)
     tensors = model.subgraphs[0].tensors
-    for name, (ti, _, _) in calibrated_ranges(annotated).items():
+    for name, (ti, _, _) in ranges.items():
         q = tensors[ti].quantization
         q.min, q.max = [lo[name]], [hi[name]]
-    calibrated = _to_bytes(model)
-    # binned on the ranges as stored (float32), as refine_ranges reads them back
-    return Observed(calibrated, _binned(hists, calibrated_ranges(calibrated)),
+    # binned on the ranges as the flatbuffer stores them (float32), as refine_ranges reads
+    # them back
+    stored = {name: (ti, float(np.float32(lo[name])), float(np.float32(hi[name])))
+              for name, (ti, _, _) in ranges.items()}
+    return Observed(_to_bytes(model), _binned(hists, stored),
                     float(invoke_s) if len(images) else 0.0)
 
 
@@ -267,9 +271,9 @@ def tensor_histograms(calibrated: bytes, images: np.ndarray, max_images: int = H
     """Per-tensor value histograms (``HIST_BINS`` bins over each tensor's calibrated [min,
     max]) of ``max_images`` of ``images``, for a model calibrated elsewhere; the same counts
     :func:`observe_ranges` gives in its pass."""
+    ranges = calibrated_ranges(calibrated)
     picks = _histogram_picks(len(images), max_images)
-    hists = _one_pass(calibrated, images, sorted(picks), picks)[2]
-    return _binned(hists, calibrated_ranges(calibrated))
+    return _binned(_one_pass(calibrated, ranges, images, sorted(picks), picks)[2], ranges)
 
 
 def mse_range(hist: np.ndarray, lo: float, hi: float, neg_weight: float = 1.0,
@@ -313,8 +317,8 @@ def refine_ranges(calibrated: bytes, images: np.ndarray, method: str = "mse",
     by its clipping range: MSE-optimal (``mse``), or MSE-optimal below and ``TAIL_KEEP`` of
     the way back to the calibrated maximum above (``mse-tail``); ``minmax`` keeps the
     calibrated ranges. ``hists`` are :func:`observe_ranges`'s (else a pass of
-    :func:`tensor_histograms` makes them). Returns (model, range table: per tensor min/max, MSE optimum and the
-    range used)."""
+    :func:`tensor_histograms` makes them). Returns (model, range table: per tensor min/max,
+    MSE optimum and the range used)."""
     model = _to_obj(calibrated)
     g = model.subgraphs[0]
     input_ids = {int(i) for i in g.inputs}

@@ -31,7 +31,7 @@ def reference_accuracy(int8_tflite: Path, float_tflite: Path | None, meta: Mappi
     m = file_meta(int8_tflite, meta)
     batch, kept, sizes, _ = load_eval_images(list(paths), meta)
     t0 = time.perf_counter()
-    heads = run_tflite(interpreter(Path(int8_tflite).read_bytes(), threads=None, kernels="reference"), batch, m)
+    heads = run_tflite(interpreter(int8_tflite, threads=None, kernels="reference"), batch, m)
     doc: dict[str, Any] = {"arithmetic": "reference", "images": len(kept),
                            "seconds_per_image": round((time.perf_counter() - t0)
                                                       / max(1, len(kept)), 3)}
