@@ -312,16 +312,18 @@ CHILDREN = {"peer": child_convert, "peer_score": child_score, "peer_latency": ch
 
 def keep_shipped(cold: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Copy what the cold run delivered (model.int8.tflite, model.json, model.float32.tflite,
-    plan.json) aside before later runs of the same store rewrite it; returns their paths."""
+    plan.json, report.json) aside before later runs of the same store rewrite it; returns
+    their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     q = cold["payloads"]["quantize"]["artifacts"]
     rw = cold["payloads"]["rewrite"]["artifacts"]
     src = {"int8": q["tflite_int8"], "meta": q["meta"], "plan": q["plan"],
            "quantize": q["quantize"],
+           "report": cold["payloads"]["evaluate"]["artifacts"]["report_json"],
            "float32": rw["tflite_float32"],
            "probe": cold["payloads"]["probe"]["artifacts"]["probe"]}
     names = {"int8": FILES["shipped"], "meta": "model.json", "plan": "plan.json",
-             "quantize": "quantize.json",
+             "quantize": "quantize.json", "report": "report.json",
              "float32": "model.float32.tflite", "probe": "probe.json"}
     kept = {}
     for k, p in src.items():

@@ -609,8 +609,10 @@ def bench_model(name: str, conf: dict[str, Any], tmp: Path, args: argparse.Names
                                         / lat["latency_ms"]["int8"][t], 2) for t in ("1", "2")}
         log(f"{name}: float32 {f1} ms, int8 {i1} ms at 1 thread")
     if shipped is not None:
-        # the shipped conversion's passes over the calibration photos (int8/passes.py)
-        res["passes"] = json.loads(Path(shipped["quantize"]).read_text()).get("passes")
+        # the shipped conversion's passes over the calibration photos (int8/passes.py), with
+        # the evaluate stage's debugger pass; fold 2 apart
+        passes = json.loads(Path(shipped["report"]).read_text())["conversion"].get("passes")
+        res["passes"] = {k: v for k, v in (passes or {}).items() if k != "fold2"} or None
         res.update(peers.bench_peers(name, conf, params, shipped, cold["stages"], work, args,
                                      run_child, log, peer_annotations(conf, params)))
     if args.deploy_targets:

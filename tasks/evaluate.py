@@ -1,7 +1,8 @@
 """evaluate: float32 vs int8 (and variants) on the held-out / evaluation images -> report.json
 (conversion facts + evaluation: head SQNR, AP/AP50 with annotations, sizes, latency; with
-``cross``, the swapped calibration fold's int8 model, AP over both folds) and side-by-side
-detection images."""
+``cross``, the swapped calibration fold's int8 model, AP over both folds; the per-layer
+QuantizationDebugger ranking from quantize's calibrated model and debug photos) and
+side-by-side detection images."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -19,6 +20,8 @@ def key_parts(p: Mapping[str, Any]) -> tuple[dict, dict]:
     inputs = {"cfg": p["cfg"], "float32": artifact(rw, "tflite_float32"),
               "int8": artifact(q, "tflite_int8"), "meta": artifact(q, "meta"),
               "quantize": artifact(q, "quantize"), "plan": artifact(q, "plan"),
+              "calibrated": artifact(q, "tflite_calibrated"),
+              "debug_images": artifact(q, "debug_images"),
               "fallback": artifact(q, "tflite_int8_fallback"),
               "backends": artifact(q, "backends"),
               "int8_direct": artifact(q, "tflite_int8_direct"),

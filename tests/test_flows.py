@@ -328,11 +328,17 @@ def test_evaluation_photos_among_calibration_photos_add_the_swapped_fold(
     assert {Path(x).name for x in plan2["exclude"]} == held2  # never calibrated on its photos
     assert plan1["calibration"]["images"] == len(photos) - len(held1)
     assert plan2["calibration"]["images"] == len(photos) - len(held2)
-    # the per-layer debugger table is the shipped model's; the swapped fold skips it
+    # the per-layer debugger table is the shipped model's, made by the evaluate stage from
+    # the calibrated model quantize kept for it; the swapped fold keeps nothing for it
     q1, q2 = (json.loads(entry_file(result, s, "quantize").read_text())
               for s in ("quantize", "quantize[fold2]"))
-    assert q1["layer_errors"] and q2["layer_errors"] == []
+    assert q1["debugger"]["n_images"] == min(8, plan1["calibration"]["images"])
+    assert not q2["debugger"] and not q2["layer_errors"]
+    assert entry_file(result, "quantize", "tflite_calibrated").is_file()
+    assert "tflite_calibrated" not in result["stages"]["quantize[fold2]"]["artifacts"]
     report = json.loads((Path(params["out"]) / "report.json").read_text())
+    assert report["worst_layers"] and all(isinstance(w["layer"], int)
+                                          for w in report["worst_layers"][:5])
     cross = report["evaluation"]["ap_cross"]
     assert (cross["folds"], cross["images"]) == (2, len(photos))
     assert report["evaluation"]["ap"]["int8"]["images"] == len(held1)

@@ -168,7 +168,7 @@ def test_yolov4_tiny_report_complete(v4_run):
 
 def test_yolov4_tiny_calibration_passes_are_counted(v4_run):
     """report.json counts every pass over the calibration photos with its cost, against the
-    floor of one float pass per photo, and the same passes are in quantize.json."""
+    floor of one float pass per photo; quantize.json has the conversion's own."""
     out, report = v4_run
     conv = report["conversion"]
     ps = conv["passes"]
@@ -189,8 +189,13 @@ def test_yolov4_tiny_calibration_passes_are_counted(v4_run):
                                                     rel=0.02)
     # the swapped fold (evaluation photos are calibration photos here) is counted apart
     assert ps["fold2"]["seconds"] > 0 and ps["fold2"]["passes"]
+    # the debugger's table is the evaluate stage's pass, off the conversion's path
+    assert by["QuantizationDebugger per-layer error"]["stage"] == "evaluate"
     q = json.loads((out / "quantize.json").read_text())
-    assert [p["pass"] for p in q["passes"]["passes"]] == names
+    assert [p["pass"] for p in q["passes"]["passes"]] == [
+        p["pass"] for p in ps["passes"] if p.get("stage") != "evaluate"]
+    # its inputs are store files of the quantize stage, not deliverables
+    assert not {"model.calibrated.tflite", "debug_images.npy"} & {f.name for f in out.iterdir()}
     assert "passes over the calibration photos" in (out / "report.md").read_text()
 
 

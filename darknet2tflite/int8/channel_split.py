@@ -171,14 +171,20 @@ def _outputs(model: Any, x: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(o) for o in (y if isinstance(y, (list, tuple)) else [y])]
 
 
+#: photos per eager call of the statistics model: one call per photo spends as much in
+#: dispatch as in the convolutions (yolov4-tiny, 16 photos: 1.5 s one by one, 0.95 s by 8,
+#: the same maxima bit for bit)
+BATCH = 8
+
+
 def channel_maxima(model: Any, names: Sequence[str], images: np.ndarray) -> list[np.ndarray]:
     """Per-channel max |conv output| (pre-activation: both signs are quantized there)."""
     import numpy as np
     import keras
     sub = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
     acc: list[np.ndarray | None] = [None] * len(names)
-    for i in range(len(images)):
-        for j, o in enumerate(_outputs(sub, images[i:i + 1].astype(np.float32))):
+    for i in range(0, len(images), BATCH):
+        for j, o in enumerate(_outputs(sub, images[i:i + BATCH].astype(np.float32))):
             m = np.abs(o).reshape(-1, o.shape[-1]).max(axis=0)
             acc[j] = m if acc[j] is None else np.maximum(acc[j], m)
     return [a if a is not None else np.zeros(0) for a in acc]

@@ -33,12 +33,25 @@ class PassLog:
 
     def to_dict(self, floor_s_per_image: float | None = None,
                 calibration_images: int = 0) -> dict[str, Any]:
-        d: dict[str, Any] = {"passes": list(self.passes),
-                             "images_total": sum(p["images"] for p in self.passes),
-                             "seconds_total": round(sum(p["seconds"] for p in self.passes), 2)}
+        d: dict[str, Any] = {"passes": list(self.passes)}
         if floor_s_per_image is not None:
             floor = floor_s_per_image * calibration_images
             d["floor"] = {"what": "one float32 forward pass (LiteRT) per calibration photo",
                           "images": calibration_images, "seconds": round(floor, 2)}
-            d["passes_over_floor"] = round(d["seconds_total"] / floor, 2) if floor > 0 else None
-        return d
+        return _totals(d)
+
+
+def with_pass(doc: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` (a :meth:`PassLog.to_dict`) with a pass a later stage made over the
+    calibration photos (its row names the stage), totals recomputed."""
+    return _totals(dict(doc, passes=[*doc.get("passes", []), row]))
+
+
+def _totals(d: dict[str, Any]) -> dict[str, Any]:
+    rows = d["passes"]
+    d["images_total"] = sum(p["images"] for p in rows)
+    d["seconds_total"] = round(sum(p["seconds"] for p in rows), 2)
+    floor = (d.get("floor") or {}).get("seconds")
+    if floor is not None:
+        d["passes_over_floor"] = round(d["seconds_total"] / floor, 2) if floor > 0 else None
+    return d

@@ -9,7 +9,7 @@ int8/ranges.py, 5 in tflite/inspect.py):
    they need a fine step that they cannot get when they share a scale with class logits.
 2. :func:`calibrate_model` -- TFLite's own calibrator (``_experimental_calibrate_only``, the
    hook ``tf.lite.experimental.QuantizationDebugger`` uses) marks the tensors that need
-   ranges, on two images; :func:`observe_ranges` then records each one's min/max over all
+   ranges, on one image; :func:`observe_ranges` then records each one's min/max over all
    calibration images with a plain interpreter, ~5x faster than the calibrator, and in
    the same pass each one's histogram.
 3. :func:`refine_ranges` -- replaces the min/max ranges by clipping ranges computed from
@@ -212,15 +212,20 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     paths["tflite_int8"] = save_tflite(data, out / "model.int8.tflite", imeta)
 
     layer_errs: list[dict[str, Any]] = []
+    debugger: dict[str, Any] = {}
+    debug_paths: dict[str, Path] = {}
     fallback = None
     if opts.debug_images or opts.float_fallback:
-        from darknet2tflite.int8.debugger import layer_errors
-        progress("int8: QuantizationDebugger per-layer error")
+        from darknet2tflite.int8.debugger import DEBUG_PASS, layer_errors, save_debug_inputs
         cal_out_map = output_layer_map(meta, tflite_head_outputs(
             refined, model.output_names, groups))
         debug = images[:max(opts.debug_images, 4)]
-        with passes.timed("QuantizationDebugger per-layer error", len(debug)):
-            layer_errs = layer_errors(refined, debug, cal_out_map)
+        if opts.float_fallback:  # the fallback's layers are the ranking's worst: needed now
+            progress("int8: QuantizationDebugger per-layer error")
+            with passes.timed(DEBUG_PASS, len(debug)):
+                layer_errs = layer_errors(refined, debug, cal_out_map)
+        else:  # a report table, not part of the model: the evaluate stage runs it
+            debug_paths, debugger = save_debug_inputs(refined, debug, cal_out_map, out)
     if opts.float_fallback:
         worst = []
         for row in layer_errs:
@@ -259,7 +264,7 @@ def quantize(keras_path: str | Path, calib_npy: str | Path, meta_path: str | Pat
     result = QuantizeResult(paths, round(seconds, 2), mem.to_dict(), check, table, layer_errs,
                             fallback, variants, split, imeta["quantization"]["mirrored_images"],
                             opts.ranges, boxes, passes.transforms.get("equalize", {}),
-                            passes.to_dict(passes.floor_s_per_image, len(images)))
-    write_json(out / "quantize.json", result.to_dict())
-    paths["quantize"] = out / "quantize.json"
+                            passes.to_dict(passes.floor_s_per_image, len(images)), debugger)
+    write_json(out / "quantize.json", result.to_dict())  # names the deliverables beside it
+    paths.update(debug_paths, quantize=out / "quantize.json")  # store artifacts, for evaluate
     return result

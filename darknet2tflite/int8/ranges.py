@@ -224,9 +224,9 @@ def observe_ranges(annotated: bytes, images: np.ndarray, progress: Progress | No
                     float(invoke_s) if len(images) else 0.0)
 
 
-#: images TFLite's own calibrator runs: it only has to mark the tensors that need ranges;
-#: :func:`observe_ranges` then measures them on every image
-ANNOTATE_IMAGES = 2
+#: images TFLite's own calibrator runs: it only has to mark the tensors that need ranges
+#: (the graph decides which), and :func:`observe_ranges` then measures them on every image
+ANNOTATE_IMAGES = 1
 
 
 def calibrate_model(model: Any, images: np.ndarray, progress: Progress | None = None) -> bytes:

@@ -26,6 +26,9 @@ class QuantizeResult:
     box_rounding: dict[str, Any] = field(default_factory=dict)  # box_rounding.py report
     equalize: dict[str, Any] = field(default_factory=dict)  # equalize.py report
     passes: dict[str, Any] = field(default_factory=dict)  # passes.PassLog over the photos
+    #: what the evaluate stage needs to run the per-layer debugger (debugger.save_debug_inputs);
+    #: empty when ``layer_errors`` were measured here (float fallback) or not asked for
+    debugger: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,4 +1,4 @@
-"""evaluate stage: float32 vs int8 (and variants) on the held-out / evaluation images -> report.json (conversion facts + evaluation: head SQNR, AP/AP50 with annotations, sizes, latency; with the swapped calibration fold's int8 model, AP over both folds) and side-by-side detection images."""
+"""evaluate stage: float32 vs int8 (and variants) on the held-out / evaluation images -> report.json (conversion facts + evaluation: head SQNR, AP/AP50 with annotations, sizes, latency; with the swapped calibration fold's int8 model, AP over both folds; the per-layer QuantizationDebugger ranking) and side-by-side detection images."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,6 +22,8 @@ def evaluate_stage(p: Mapping[str, Any], out: Path, progress: Progress = quiet
     plan = read_json(artifact(q, "plan"))
     qd = read_json(artifact(q, "quantize"))
     qres = QuantizeResult(**{**qd, "paths": {k: Path(v) for k, v in qd["paths"].items()}})
+    if qres.debugger and not qres.layer_errors:
+        qres = _layer_table(q, qres, progress)
     cal = plan["calibration"]
     calib = CalibrationSet(Path("calibration.npy"), [""] * int(cal["images"]),
                            [(s["file"], s["reason"]) for s in cal.get("skipped", [])],
@@ -60,6 +62,20 @@ def evaluate_stage(p: Mapping[str, Any], out: Path, progress: Progress = quiet
     for rel in ev.get("drawn", []):
         arts[f"image:{rel}"] = out / rel
     return arts
+
+
+def _layer_table(q: Mapping[str, Any], qres: Any, progress: Progress) -> Any:
+    """The QuantizationDebugger ranking (report ``worst_layers``) of the shipped int8 model,
+    from the calibrated model and photos the quantize stage saved for it; its pass joins the
+    conversion's in ``passes``."""
+    from dataclasses import replace
+    from darknet2tflite.int8.debugger import run_saved
+    from darknet2tflite.int8.passes import with_pass
+
+    progress("int8: QuantizationDebugger per-layer error")
+    rows, row = run_saved(artifact(q, "tflite_calibrated"), artifact(q, "debug_images"),
+                          qres.debugger)
+    return replace(qres, layer_errors=rows, passes=with_pass(qres.passes, row))
 
 
 def evaluation_rows(report: Mapping[str, Any] | None) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""quantize stage: calibrate on the image folder and convert the rewritten model to full-integer int8 (model.int8.tflite, model.json, quantize.json, plan.json, optionally model.int8-fallback.tflite), or to one extra variant (float16 / dynamic / int16x8: model.<mode>.tflite)."""
+"""quantize stage: calibrate on the image folder and convert the rewritten model to full-integer int8 (model.int8.tflite, model.json, quantize.json, plan.json; the calibrated float model and debug photos the evaluate stage ranks layers with; optionally model.int8-fallback.tflite), or to one extra variant (float16 / dynamic / int16x8: model.<mode>.tflite)."""
 from __future__ import annotations
 
 import json
@@ -100,8 +100,8 @@ def quantize_int8_stage(p: Mapping[str, Any], out: Path, progress: Progress = qu
             opts = QuantizeOptions(**{k: value(p, k) for k in INT8_OPTIONS if k != "backend"},
                                    ranges=RANGES, box_rounding=BOX_ROUNDING)
             if fold != 1:
-                # the fallback model and the per-layer debugger table (~8 s) are deliverables
-                # of the shipped fold only: nothing reads the swapped fold's
+                # the fallback model and the per-layer debugger table are deliverables of
+                # the shipped fold only: nothing reads the swapped fold's
                 opts = replace(opts, float_fallback=0, debug_images=0)
             paths = quantize_with_backend(backend, artifact(rw, "keras"), calib.npy,
                                           artifact(rw, "meta"), out, opts, progress=progress)

@@ -44,9 +44,9 @@ def quantize_with_backend(backend: str, keras_path: str | Path, calib_npy: str |
     numbers :func:`int8_fidelity` measures the same way for both (first ``eval_images``
     calibration images against Keras), ships the winner as model.int8.tflite, keeps the
     other as model.int8.<backend>.tflite and records everything in backends.json.
-    With onnx2tf as the shipped model, quantize.json's per-layer errors (and a float
-    fallback model, if asked for) still describe the direct conversion, so they are
-    dropped from quantize.json for the onnx2tf winner (the fallback file is kept)."""
+    With onnx2tf as the shipped model, quantize.json's per-layer errors and the debugger's
+    inputs (and a float fallback model, if asked for) still describe the direct conversion,
+    so they are dropped for the onnx2tf winner (the fallback file is kept)."""
     from darknet2tflite.int8.calibration import load_calibration
     from darknet2tflite.errors import UserError
     from darknet2tflite.darknet.metadata import write_json
@@ -129,8 +129,12 @@ def quantize_with_backend(backend: str, keras_path: str | Path, calib_npy: str |
         paths["tflite_int8_direct"] = dst
         if q_old.paths.get("tflite_int8_fallback"):
             paths["tflite_int8_fallback"] = q_old.paths["tflite_int8_fallback"]
+        for k in ("tflite_calibrated", "debug_images"):  # the direct model's layer table
+            if q_old.paths.get(k):
+                Path(q_old.paths[k]).unlink(missing_ok=True)
     else:  # direct failed or not run: drop whatever it left
-        for name in ("model.int8.tflite", "model.json", "quantize.json"):
+        for name in ("model.int8.tflite", "model.json", "quantize.json",
+                     "model.calibrated.tflite", "debug_images.npy"):
             (out / name).unlink(missing_ok=True)
     int8 = out / "model.int8.tflite"
     shutil.move(str(o2t["files"]["tflite_int8_onnx2tf"]), int8)
