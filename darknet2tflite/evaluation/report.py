@@ -99,7 +99,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path,
         if ps.get("passes"):
             floor = ps.get("floor") or {}
             L.append("- passes over the calibration photos: " + ", ".join(
-                f"{p['pass']} {p['images']} photos {p['seconds']:.1f} s"
+                f"{p['pass']} {p['images']} photo{'' if p['images'] == 1 else 's'} "
+                f"{p['seconds']:.1f} s"
                 + (f" ({p['stage']} stage)" if p.get("stage") else "") for p in ps["passes"])
                 + (f"; {ps['seconds_total']:.1f} s in all, {ps['passes_over_floor']}x the floor "
                    f"of one float pass per photo ({floor['seconds']:.1f} s)"
