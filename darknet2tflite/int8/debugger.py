@@ -74,8 +74,7 @@ def save_debug_inputs(calibrated: bytes, images: np.ndarray, output_layers: Mapp
     atomic_write_bytes(model, calibrated)
     atomic_write(arr, lambda f: np.save(f, np.ascontiguousarray(images, dtype=np.float32)))
     return ({"tflite_calibrated": model, "debug_images": arr},
-            {"calibrated": model.name, "images": arr.name, "n_images": int(len(images)),
-             "output_layers": dict(output_layers)})
+            {"n_images": int(len(images)), "output_layers": dict(output_layers)})
 
 
 def run_saved(calibrated: str | Path, images: str | Path, record: Mapping[str, Any]

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from darknet2tflite.store.atomic import atomic_write_bytes
+from darknet2tflite.int8 import debugger
 from darknet2tflite.int8.backends.compare import compare_backends, int8_fidelity
 from darknet2tflite.int8.backends.onnx2tf import onnx2tf_stage
 from darknet2tflite.int8.backends.outcome import run_backend
@@ -134,7 +135,7 @@ def quantize_with_backend(backend: str, keras_path: str | Path, calib_npy: str |
                 Path(q_old.paths[k]).unlink(missing_ok=True)
     else:  # direct failed or not run: drop whatever it left
         for name in ("model.int8.tflite", "model.json", "quantize.json",
-                     "model.calibrated.tflite", "debug_images.npy"):
+                     debugger.CALIBRATED_FILE, debugger.IMAGES_FILE):
             (out / name).unlink(missing_ok=True)
     int8 = out / "model.int8.tflite"
     shutil.move(str(o2t["files"]["tflite_int8_onnx2tf"]), int8)
