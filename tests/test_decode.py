@@ -340,7 +340,8 @@ def test_max_per_class_is_exactly_the_top_of_each_class_of_the_full_decode() -> 
     """A model that puts tens of thousands of candidates over the AP threshold (random
     weights, a broken training run) must not make evaluation take minutes: the capped
     decode suppresses only a score-ordered prefix, yet returns exactly the uncapped rows of
-    rank < cap within their class, in the same order (what pycocotools' maxDets reads)."""
+    rank < cap within their class, in the same order (what pycocotools' maxDets reads).
+    Each class's prefix starts at a few times the cap and doubles until settled."""
     rng = np.random.default_rng(7)
     anchors = [[8, 8], [16, 24], [40, 30]]
     meta = _single_meta("yolo", 40, anchors, 12)
@@ -348,7 +349,8 @@ def test_max_per_class_is_exactly_the_top_of_each_class_of_the_full_decode() -> 
     raw[..., 5 + 17 * 2:] -= 4.0  # anchor 2's classes rarely pass: uneven classes
     full = decode_heads([raw], meta, 640, 480, conf_thresh=0.005, nms_thresh=0.45)
     counts = np.bincount(full.classes, minlength=12)
-    assert len(full) > 4096 and counts.max() > 300  # beyond the first suppression prefix
+    # every class has more candidates than a cap of 100's first prefix
+    assert counts.min() > 2 * 100
     for cap in (1, 100, 300, 10 ** 6):
         top = decode_heads([raw], meta, 640, 480, conf_thresh=0.005, nms_thresh=0.45,
                            max_per_class=cap)

@@ -84,6 +84,52 @@ def test_report_has_label_free_verdict_first(ux):
     assert "## Targets" not in md and "targets" in report  # facts stay in report.json
 
 
+def _scan_matches(ref, got):
+    """The matching rule spelled out as a plain scan over every pair: each got box in
+    score order takes the untaken same-class reference box of highest IoU >= 0.5 (the
+    last one among equal IoUs)."""
+    import numpy as np
+
+    from darknet2tflite.evaluation.agreement import MATCH_IOU, REFERENCE_CONF, iou_matrix
+    rk, gk = ref.scores >= REFERENCE_CONF, got.scores >= REFERENCE_CONF
+    rb, rc, gb, gs, gc = ref.boxes[rk], ref.classes[rk], got.boxes[gk], got.scores[gk], \
+        got.classes[gk]
+    ious, taken, found = iou_matrix(rb, gb), set(), []
+    for j in np.argsort(-gs, kind="stable"):
+        best, best_i = MATCH_IOU, -1
+        for i in range(len(rb)):
+            if i not in taken and rc[i] == gc[j] and ious[i, j] >= best:
+                best, best_i = ious[i, j], i
+        if best_i >= 0:
+            taken.add(best_i)
+            found.append(float(best))
+    return found
+
+
+def test_agreement_matches_are_the_plain_scan_with_ties_and_shared_boxes():
+    """Matching class by class gives the scan's matches, in its order, also where IoUs
+    tie exactly (boxes on an integer grid), scores tie and classes interleave."""
+    import numpy as np
+
+    from darknet2tflite.evaluation.agreement import _matches
+    from darknet2tflite.evaluation.decode import Detections
+    rng = np.random.default_rng(3)
+
+    def dets(k):
+        xy = rng.integers(0, 5, (k, 2)).astype(np.float32)
+        wh = rng.integers(2, 6, (k, 2)).astype(np.float32)
+        return Detections(np.concatenate([xy, xy + wh], 1),
+                          rng.choice([0.2, 0.3, 0.5, 0.9], k).astype(np.float32),
+                          rng.integers(0, 3, k).astype(np.int64))
+    matched = 0
+    for _ in range(300):
+        ref, got = dets(int(rng.integers(0, 30))), dets(int(rng.integers(0, 30)))
+        want = _scan_matches(ref, got)
+        assert _matches(ref, got) == want
+        matched += len(want)
+    assert matched > 300  # the cases exercise real matches, not only empty ones
+
+
 @pytest.mark.slow
 def test_agreement_drops_for_an_int8_model_with_broken_scales(ux, tmp_path):
     """Same images, same float reference: the delivered int8 model against a copy with one

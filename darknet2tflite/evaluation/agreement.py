@@ -51,21 +51,29 @@ def _confident(d: Detections, conf: float) -> tuple[np.ndarray, np.ndarray, np.n
 
 def _matches(ref: Detections, got: Detections) -> list[float]:
     """IoUs of greedy one-to-one matches (same class, IoU >= MATCH_IOU, best score first)
-    between the reference's confident boxes and ``got``'s confident boxes."""
+    between the reference's confident boxes and ``got``'s confident boxes, in ``got``'s
+    score order.
+
+    A box only ever matches boxes of its own class, so each class is matched on its own
+    (IoU matrices of one class, not of every box with every box: an untrained model has
+    thousands of confident boxes per photo). Among equal best IoUs the last reference box
+    wins, as in a scan that keeps any IoU >= the best so far."""
     rb, _, rc = _confident(ref, REFERENCE_CONF)
     gb, gs, gc = _confident(got, REFERENCE_CONF)
-    ious = iou_matrix(rb, gb)
-    taken: set[int] = set()
-    found = []
-    for j in np.argsort(-gs, kind="stable"):
-        best, best_i = MATCH_IOU, -1
-        for i in range(len(rb)):
-            if i not in taken and rc[i] == gc[j] and ious[i, j] >= best:
-                best, best_i = ious[i, j], i
-        if best_i >= 0:
-            taken.add(best_i)
-            found.append(float(best))
-    return found
+    order = np.argsort(-gs, kind="stable")
+    found: list[tuple[int, float]] = []  # (rank of the got box in score order, IoU)
+    for c in np.intersect1d(rc, gc):
+        ri = np.flatnonzero(rc == c)
+        ranks = np.flatnonzero(gc[order] == c)
+        ious = iou_matrix(rb[ri], gb[order[ranks]])
+        free = np.ones(len(ri), dtype=bool)
+        for col, rank in enumerate(ranks):
+            v = np.where(free, ious[:, col], -1.0)
+            best = v.max()
+            if best >= MATCH_IOU:
+                free[len(v) - 1 - int(np.argmax(v[::-1] == best))] = False
+                found.append((int(rank), float(best)))
+    return [iou for _, iou in sorted(found)]
 
 
 def _coco_ap(ref: Sequence[Detections], got: Sequence[Detections],

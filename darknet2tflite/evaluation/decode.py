@@ -272,8 +272,9 @@ def decode_heads(
     return Detections(xyxy.astype(np.float32), scores.astype(np.float32), cls_idx.astype(np.int64))
 
 
-#: candidates suppressed in the first pass of a capped decode (doubled until exact)
-TOP_NMS_START = 4096
+#: a class's candidates suppressed in the first pass of a capped decode, in multiples of
+#: the cap (doubled until exact)
+TOP_NMS_START = 2
 
 
 def _rank_in_class(classes: np.ndarray) -> np.ndarray:
@@ -287,52 +288,59 @@ def _rank_in_class(classes: np.ndarray) -> np.ndarray:
     return rank
 
 
+def _class_rows(classes: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each class, ascending (so best first when rows are sorted by score)."""
+    order = np.argsort(classes, kind="stable")
+    cuts = np.flatnonzero(np.diff(classes[order])) + 1
+    return np.split(order, cuts) if len(order) else []
+
+
 def _top_nms(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_thresh: float,
              iou_thresh: float, limit: int | None) -> np.ndarray:
     """Indices (ascending = best first; inputs sorted by descending score) that greedy
     per-class NMS keeps, only the best ``limit`` of each class when given.
 
     Greedy NMS only lets higher-scored boxes of the same class suppress lower ones, so
-    running it on the N best candidates keeps exactly the boxes the full run keeps among
-    those N. Once every class has ``limit`` survivors in such a prefix or all its
-    candidates inside it, the capped result is known; otherwise the prefix doubles."""
-    total = len(scores)
-    if limit is None:
-        return np.sort(_nms_per_class(xyxy, scores, classes, score_thresh, iou_thresh))
-    k = int(classes.max()) + 1
-    per_class = np.bincount(classes, minlength=k)
-    n = min(total, TOP_NMS_START)
-    while True:
-        keep = np.sort(_nms_per_class(xyxy[:n], scores[:n], classes[:n], score_thresh,
-                                      iou_thresh))
-        settled = (np.bincount(classes[keep], minlength=k) >= limit) | \
-            (np.bincount(classes[:n], minlength=k) == per_class)
-        if n == total or settled.all():
-            return keep[_rank_in_class(classes[keep]) < limit]
-        n = min(total, 2 * n)
+    running it on a class's N best candidates keeps exactly the boxes the full run keeps
+    among those N. Once a class has ``limit`` survivors in such a prefix, or the prefix is
+    all its candidates, its capped result is known; otherwise its prefix doubles. Each
+    class settles on its own: an untrained model puts thousands of candidates of every
+    class over the threshold, and most of them survive, so a few times ``limit`` of each
+    suffice where a prefix shared by all classes would have to grow to nearly all."""
+    xywh, thr, scores32 = _nms_inputs(xyxy, scores, score_thresh)
+    keep: list[np.ndarray] = []
+    for rows in _class_rows(classes):
+        n = len(rows) if limit is None else min(len(rows), TOP_NMS_START * max(limit, 1))
+        while True:
+            k = _nms_class(xywh[rows[:n]], scores32[rows[:n]], thr, iou_thresh)
+            if limit is None or len(k) >= limit or n == len(rows):
+                keep.append(rows[k if limit is None else k[:limit]])
+                break
+            n = min(len(rows), 2 * n)
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
-def _nms_per_class(
-    xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray, score_thresh: float, iou_thresh: float
-) -> np.ndarray:
-    """Greedy per-class NMS (do_nms_sort semantics) via OpenCV's NMS, one call per class.
+def _nms_inputs(xyxy: np.ndarray, scores: np.ndarray, score_thresh: float
+                ) -> tuple[np.ndarray, float, np.ndarray]:
+    """(x, y, w, h float64, OpenCV's score threshold, float32 scores) for :func:`_nms_class`.
 
-    OpenCV suppresses when IoU > threshold and uses float (Rect2d) IoU without the +1
-    pixel convention, the same as Darknet's box_iou. One call per class rather than
-    ``NMSBoxesBatched`` (which runs a single NMS over all classes' boxes): the cost is the
-    sum of the squared class sizes instead of the square of their sum, which matters when
-    a badly trained model puts thousands of boxes of every class over the threshold.
-    """
+    Candidates are already > conf_thresh; the threshold passed is just below it so that
+    none is lost to float32 rounding in OpenCV's own score filter."""
     xywh = np.empty_like(xyxy, dtype=np.float64)
     xywh[:, :2] = xyxy[:, :2]
     xywh[:, 2:] = xyxy[:, 2:] - xyxy[:, :2]
-    # Candidates are already > conf_thresh; pass a threshold just below so none is lost
-    # to float32 rounding in OpenCV's own score filter.
     thr = float(np.nextafter(np.float32(score_thresh), np.float32(-np.inf)))
-    scores32 = scores.astype(np.float32)
-    keep: list[np.ndarray] = []
-    for c in np.unique(classes):
-        idx = np.flatnonzero(classes == c)
-        k = cv2.dnn.NMSBoxes(xywh[idx], scores32[idx], thr, iou_thresh)
-        keep.append(idx[np.asarray(k, dtype=np.int64).reshape(-1)])
-    return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+    return xywh, thr, scores.astype(np.float32)
+
+
+def _nms_class(xywh: np.ndarray, scores32: np.ndarray, thr: float, iou_thresh: float
+               ) -> np.ndarray:
+    """Positions OpenCV's greedy NMS keeps among one class's boxes, best first.
+
+    OpenCV suppresses when IoU > threshold and uses float (Rect2d) IoU without the +1
+    pixel convention, the same as Darknet's box_iou (do_nms_sort semantics). One call per
+    class rather than ``NMSBoxesBatched`` (which runs a single NMS over all classes'
+    boxes): the cost is the sum of the squared class sizes instead of the square of their
+    sum."""
+    k = cv2.dnn.NMSBoxes(xywh, scores32, thr, iou_thresh)
+    return np.asarray(k, dtype=np.int64).reshape(-1)

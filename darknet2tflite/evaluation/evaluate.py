@@ -223,6 +223,7 @@ def evaluate(float_tflite: str | Path, int8_tflite: str | Path, meta: Mapping[st
         "sizes": {k: os.path.getsize(p) for k, p in models.items()},
     }
     from .agreement import float_agreement
+    progress("evaluate: int8 against float32's own detections (label-free)")
     report["float_agreement"] = float_agreement(detect(heads["float32"], meta, sizes),
                                                 detect(heads["int8"], meta, sizes), sizes)
     if eval_annotations is not None:
