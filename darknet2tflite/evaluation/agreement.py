@@ -61,10 +61,11 @@ def _matches(ref: Detections, got: Detections) -> list[float]:
     rb, _, rc = _confident(ref, REFERENCE_CONF)
     gb, gs, gc = _confident(got, REFERENCE_CONF)
     order = np.argsort(-gs, kind="stable")
+    gc_ranked = gc[order]
     found: list[tuple[int, float]] = []  # (rank of the got box in score order, IoU)
     for c in np.intersect1d(rc, gc):
         ri = np.flatnonzero(rc == c)
-        ranks = np.flatnonzero(gc[order] == c)
+        ranks = np.flatnonzero(gc_ranked == c)
         ious = iou_matrix(rb[ri], gb[order[ranks]])
         free = np.ones(len(ri), dtype=bool)
         for col, rank in enumerate(ranks):
